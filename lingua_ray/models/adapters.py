@@ -1,0 +1,137 @@
+"""Where each model family keeps its FFN neurons.
+
+The capture point (METHOD.md) is the *input* of every decoder layer's FFN
+down-projection: ``act(gate(x)) * up(x)`` for gated FFNs, the GELU output for
+BLOOM / GPT-2 / GPT-NeoX. One forward pre-hook on the down-projection sees
+exactly that tensor, shape (batch, tokens, F), so every family uses the same
+rule and only the module paths differ. This module is the only place in
+lingua_ray that names model internals: a new architecture is one entry.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+class UnsupportedModelError(ValueError):
+    """The model's ``model_type`` has no adapter."""
+
+
+def _get_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How to find the FFN neurons of one model family.
+
+    Attributes:
+        model_type: the HF ``config.model_type`` this adapter serves.
+        body: attribute path from the ``*ForCausalLM`` to the decoder body
+            (the base model without LM head), e.g. ``"model"``.
+        layers: attribute path from the body to the ``ModuleList`` of decoder layers.
+        down_proj: attribute path from one decoder layer to its FFN down-projection.
+        width: ``config -> F``, the FFN width (neurons per layer).
+        check: optional ``config -> None`` raising when a config variant would
+            bypass the down-projection module (so the hook would never fire).
+    """
+
+    model_type: str
+    body: str
+    layers: str
+    down_proj: str
+    width: Callable[[object], int]
+    check: Callable[[object], None] | None = None
+
+    def body_module(self, model: nn.Module) -> nn.Module:
+        """The decoder body: running it skips the LM head (METHOD.md)."""
+        if getattr(model.config, "model_type", None) == self.model_type and hasattr(model, self.body.split(".")[0]):
+            return _get_path(model, self.body)
+        return model  # already the body (e.g. AutoModel)
+
+    def layer_modules(self, model: nn.Module) -> nn.ModuleList:
+        return _get_path(self.body_module(model), self.layers)
+
+    def down_projections(self, model: nn.Module) -> list[nn.Module]:
+        """One module per decoder layer whose forward *input* is u[layer], shape (B, T, F)."""
+        if self.check is not None:
+            self.check(model.config)
+        return [_get_path(layer, self.down_proj) for layer in self.layer_modules(model)]
+
+    def n_layers(self, config) -> int:
+        return int(config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer)
+
+    def n_neurons(self, config) -> int:
+        return int(self.width(config))
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    if adapter.model_type in ADAPTERS:
+        raise ValueError(f"adapter for model_type {adapter.model_type!r} is already registered")
+    ADAPTERS[adapter.model_type] = adapter
+    return adapter
+
+
+def get_adapter(model_or_config) -> Adapter:
+    """The adapter for a model, a config, or a ``model_type`` string."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type]
+    close = difflib.get_close_matches(str(model_type), ADAPTERS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnsupportedModelError(
+        f"no adapter for model_type {model_type!r}.{hint} Supported: {', '.join(sorted(ADAPTERS))}. "
+        "Add one entry in lingua_ray/models/adapters.py (body, layers, down_proj, width)."
+    )
+
+
+def _intermediate(config) -> int:
+    return int(config.intermediate_size)
+
+
+def _bloom_check(config) -> None:
+    # With slow_but_exact and pretraining_tp > 1 BLOOM's MLP multiplies weight slices
+    # itself and never calls dense_4h_to_h, so a hook there would see nothing.
+    if getattr(config, "slow_but_exact", False) and getattr(config, "pretraining_tp", 1) > 1:
+        raise UnsupportedModelError(
+            "BLOOM with slow_but_exact=True and pretraining_tp>1 bypasses mlp.dense_4h_to_h; "
+            "load it with slow_but_exact=False"
+        )
+
+
+# Gated FFNs: u = act(gate(x)) * up(x) is the input of mlp.down_proj.
+for _t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "phi3"):
+    register_adapter(Adapter(_t, body="model", layers="layers", down_proj="mlp.down_proj", width=_intermediate))
+
+register_adapter(
+    Adapter(
+        "bloom",
+        body="transformer",
+        layers="h",
+        down_proj="mlp.dense_4h_to_h",
+        width=lambda c: 4 * int(c.hidden_size),
+        check=_bloom_check,
+    )
+)
+register_adapter(
+    Adapter(
+        "gpt2",
+        body="transformer",
+        layers="h",
+        down_proj="mlp.c_proj",
+        width=lambda c: int(c.n_inner) if c.n_inner is not None else 4 * int(c.n_embd),
+    )
+)
+register_adapter(
+    Adapter("gpt_neox", body="gpt_neox", layers="layers", down_proj="mlp.dense_4h_to_h", width=_intermediate)
+)
