@@ -1,0 +1,325 @@
+"""The activation store: a Zarr v3 group, the only module that knows Zarr.
+
+Layout (docs/store.md):
+    activations[_last|_pos_frac]  float32 (checkpoint, language, unit, layer, neuron)
+        chunk (1, 1, B, 1, F)  — a reducer reads one layer of one block cheaply
+        shard (1, 1, B, L, F)  — one work unit (checkpoint, language, unit block) owns whole shards,
+                                 because two writers touching one shard lose data
+    n_tokens   int32 (checkpoint, language, unit)   own tokens averaged over; chunk (1, 1, B)
+    cell_crc32 int64 (checkpoint, language, unit)   completion marker: crc32 of the cell's data,
+                                                    written after it; -1 = not done
+    checkpoint, checkpoint_revision, checkpoint_step, language, unit, layer: coordinates
+    text       str (language, unit)                 the exact input of every cell
+    attrs["lingua_ray"]: the manifest (format, identity, fingerprints, resolved config)
+
+Only the driver creates or grows the store and edits the manifest; recorder
+actors only write whole blocks through ``write_block``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import zarr
+
+FORMAT_VERSION = 1
+STAT_ARRAYS = {"mean": "activations", "last": "activations_last", "pos_frac": "activations_pos_frac"}
+DIMS = ("checkpoint", "language", "unit", "layer", "neuron")
+
+
+class StoreError(ValueError):
+    """The store is missing, malformed, or does not match this run."""
+
+
+@dataclass
+class StoreConfig:
+    """Where the store lives and how it is blocked.
+
+    path: a local path or an fsspec URL (s3://, gs://) reachable from every node.
+    unit_block: units per work unit; one shard holds one block of one (checkpoint, language).
+    verify_on_resume: recompute every finished cell's checksum before trusting it.
+    """
+
+    path: str = "runs/${run.name}/activations.zarr"
+    unit_block: int = 16
+    verify_on_resume: bool = False
+
+
+@dataclass
+class GridSpec:
+    """What a run wants in the store. Texts are (K lists of S strings), language-major."""
+
+    checkpoints: list[dict]  # {"label", "revision", "step", "fingerprint"}
+    languages: list[str]
+    unit_ids: list[str]
+    texts: dict[str, list[str]]
+    n_layers: int
+    n_neurons: int
+    statistics: list[str]
+    identity: dict  # config parts that change the numbers (model family, capture settings)
+    config: dict = field(default_factory=dict)  # the resolved run config, saved for provenance
+
+
+def text_fingerprint(unit_ids: list[str], texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for u, t in zip(unit_ids, texts):
+        h.update(u.encode() + b"\x00" + t.encode() + b"\x01")
+    return h.hexdigest()
+
+
+def cell_checksum(arrays: list[np.ndarray]) -> int:
+    """crc32 over one cell's float32 data across statistics (each (L, F))."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a, dtype=np.float32).tobytes(), crc)
+    return crc
+
+
+def _short(d) -> str:
+    s = json.dumps(d, sort_keys=True, default=str)
+    return s if len(s) < 160 else s[:157] + "..."
+
+
+class ActivationStore:
+    """Open an existing store (``mode="r"`` or ``"r+"``)."""
+
+    def __init__(self, path: str, mode: str = "r"):
+        self.path = path
+        try:
+            self.group = zarr.open_group(path, mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise StoreError(f"no activation store at {path!r}") from e
+        if "lingua_ray" not in self.group.attrs:
+            raise StoreError(f"{path!r} is a Zarr group but not a lingua_ray store (no manifest)")
+        self._index_cache: dict | None = None
+
+    # ---- creation and growth (driver only) ----
+
+    @classmethod
+    def create_or_extend(cls, path: str, spec: GridSpec, unit_block: int = 16) -> "ActivationStore":
+        """Create the store, or check an existing one matches ``spec`` and grow it.
+
+        Existing checkpoints/languages must match exactly (fingerprints); new ones are
+        appended along their axis. Finished data is never rewritten.
+        """
+        try:
+            existing = zarr.open_group(path, mode="r")
+            has = "lingua_ray" in existing.attrs
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            has = False
+        if not has:
+            return cls._create(path, spec, unit_block)
+        store = cls(path, mode="r+")
+        store._check_and_grow(spec)
+        return store
+
+    @classmethod
+    def _create(cls, path: str, spec: GridSpec, B: int) -> "ActivationStore":
+        C, K, S, L, F = len(spec.checkpoints), len(spec.languages), len(spec.unit_ids), spec.n_layers, spec.n_neurons
+        g = zarr.open_group(path, mode="w-")
+        for stat in spec.statistics:
+            g.create_array(STAT_ARRAYS[stat], shape=(C, K, S, L, F), chunks=(1, 1, B, 1, F),
+                           shards=(1, 1, B, L, F), dtype="float32", fill_value=np.nan, dimension_names=DIMS)
+        for name, dtype, fill in (("n_tokens", "int32", 0), ("cell_crc32", "int64", -1)):
+            g.create_array(name, shape=(C, K, S), chunks=(1, 1, B), dtype=dtype, fill_value=fill,
+                           dimension_names=DIMS[:3])
+        g.create_array("checkpoint", shape=(C,), chunks=(1024,), dtype=str, dimension_names=("checkpoint",))
+        g.create_array("checkpoint_revision", shape=(C,), chunks=(1024,), dtype=str, dimension_names=("checkpoint",))
+        g.create_array("checkpoint_step", shape=(C,), chunks=(1024,), dtype="int64", fill_value=-1,
+                       dimension_names=("checkpoint",))
+        g.create_array("language", shape=(K,), chunks=(1024,), dtype=str, dimension_names=("language",))
+        g.create_array("text", shape=(K, S), chunks=(1, S), dtype=str, dimension_names=("language", "unit"))
+        g.create_array("unit", shape=(S,), dtype=str, dimension_names=("unit",))
+        g.create_array("layer", shape=(L,), dtype="int32", dimension_names=("layer",))[:] = np.arange(L)
+        g["unit"][:] = np.array(spec.unit_ids, dtype=object).astype(str)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "statistics": list(spec.statistics),
+            "arrays": {s: STAT_ARRAYS[s] for s in spec.statistics},
+            "unit_block": B,
+            "n_layers": L,
+            "n_neurons": F,
+            "identity": spec.identity,
+            "units_sha256": hashlib.sha256("\n".join(spec.unit_ids).encode()).hexdigest(),
+            "checkpoints": {},
+            "languages": {},
+            "config": spec.config,
+        }
+        g.attrs["lingua_ray"] = manifest
+        store = cls(path, mode="r+")
+        store._append(spec, spec.checkpoints, spec.languages, c0=0, k0=0)
+        return store
+
+    def _check_and_grow(self, spec: GridSpec) -> None:
+        m = self.manifest
+        where = f"store {self.path!r}"
+        for key, want in (("statistics", list(spec.statistics)), ("n_layers", spec.n_layers),
+                          ("n_neurons", spec.n_neurons), ("identity", spec.identity)):
+            if m[key] != want:
+                raise StoreError(f"{where} was recorded with {key}={_short(m[key])}; this run has "
+                                 f"{key}={_short(want)}. Use a new store path (nothing was changed).")
+        units_sha = hashlib.sha256("\n".join(spec.unit_ids).encode()).hexdigest()
+        if m["units_sha256"] != units_sha:
+            have = list(self.unit_ids)
+            diff = next((i for i, (a, b) in enumerate(zip(have, spec.unit_ids)) if a != b), min(len(have), len(spec.unit_ids)))
+            raise StoreError(f"{where} holds {len(have)} units; this run's corpus has {len(spec.unit_ids)}; "
+                             f"first difference at unit #{diff}. Use a new store path (nothing was changed).")
+        for ck in spec.checkpoints:
+            old = m["checkpoints"].get(ck["label"])
+            if old is not None and old["fingerprint"] != ck["fingerprint"]:
+                raise StoreError(f"{where}: checkpoint {ck['label']!r} was recorded from a different model "
+                                 f"({_short(old['fingerprint'])} vs {_short(ck['fingerprint'])}). Nothing was changed.")
+        for lang in spec.languages:
+            old = m["languages"].get(lang)
+            new = text_fingerprint(spec.unit_ids, spec.texts[lang])
+            if old is not None and old != new:
+                raise StoreError(f"{where}: language {lang!r} was recorded from different texts "
+                                 "(corpus fingerprint differs). Nothing was changed.")
+        new_ck = [c for c in spec.checkpoints if c["label"] not in m["checkpoints"]]
+        new_lang = [lang for lang in spec.languages if lang not in m["languages"]]
+        if new_ck or new_lang:
+            self._append(spec, new_ck, new_lang, c0=len(m["checkpoints"]), k0=len(m["languages"]))
+        if spec.config:
+            m = self.manifest
+            m["config"] = spec.config
+            self.group.attrs["lingua_ray"] = m
+
+    def _append(self, spec: GridSpec, checkpoints: list[dict], languages: list[str], c0: int, k0: int) -> None:
+        g = self.group
+        C, K = c0 + len(checkpoints), k0 + len(languages)
+        for name in list(self.manifest["arrays"].values()) + ["n_tokens", "cell_crc32"]:
+            a = g[name]
+            if a.shape[:2] != (C, K):
+                a.resize((C, K) + tuple(a.shape[2:]))  # growth only touches metadata
+        for name in ("checkpoint", "checkpoint_revision", "checkpoint_step"):
+            if g[name].shape[0] != C:
+                g[name].resize((C,))
+        for name in ("language",):
+            if g[name].shape[0] != K:
+                g[name].resize((K,))
+        if g["text"].shape[0] != K:
+            g["text"].resize((K, g["text"].shape[1]))
+        m = self.manifest
+        for i, ck in enumerate(checkpoints):
+            g["checkpoint"][c0 + i] = ck["label"]
+            g["checkpoint_revision"][c0 + i] = ck.get("revision") or ""
+            g["checkpoint_step"][c0 + i] = -1 if ck.get("step") is None else int(ck["step"])
+            m["checkpoints"][ck["label"]] = {"index": c0 + i, "revision": ck.get("revision"),
+                                             "step": ck.get("step"), "fingerprint": ck["fingerprint"]}
+        for i, lang in enumerate(languages):
+            g["language"][k0 + i] = lang
+            g["text"][k0 + i, :] = np.array(spec.texts[lang], dtype=object).astype(str)
+            m["languages"][lang] = text_fingerprint(spec.unit_ids, spec.texts[lang])
+        # The manifest is written last: a crash before this leaves axes the next run re-appends.
+        g.attrs["lingua_ray"] = m
+        self._index_cache = None
+
+    # ---- reading ----
+
+    @property
+    def manifest(self) -> dict:
+        return dict(self.group.attrs["lingua_ray"])
+
+    @property
+    def checkpoints(self) -> list[str]:
+        m = self.manifest["checkpoints"]
+        return sorted(m, key=lambda k: m[k]["index"])
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.manifest["languages"])
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        return self.group["unit"][:]
+
+    @property
+    def statistics(self) -> list[str]:
+        return list(self.manifest["statistics"])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        m = self.manifest
+        return (len(m["checkpoints"]), len(m["languages"]), len(self.unit_ids), m["n_layers"], m["n_neurons"])
+
+    def _index(self, checkpoint: str, language: str) -> tuple[int, int]:
+        if self._index_cache is None:
+            m = self.manifest
+            self._index_cache = {"c": {k: v["index"] for k, v in m["checkpoints"].items()},
+                                 "l": {lang: i for i, lang in enumerate(m["languages"])}}
+        try:
+            return self._index_cache["c"][checkpoint], self._index_cache["l"][language]
+        except KeyError as e:
+            raise StoreError(f"store {self.path!r} has no checkpoint/language {e.args[0]!r}") from None
+
+    def blocks(self) -> list[tuple[int, int]]:
+        B, S = self.manifest["unit_block"], len(self.unit_ids)
+        return [(s0, min(s0 + B, S)) for s0 in range(0, S, B)]
+
+    def done(self) -> np.ndarray:
+        """bool (C, K, S): cells whose completion marker is written."""
+        return self.group["cell_crc32"][:] >= 0
+
+    def missing_blocks(self, verify: bool = False) -> Iterator[tuple[str, str, int, int]]:
+        """(checkpoint, language, s0, s1) work units with any cell unfinished (or failing its checksum)."""
+        done = self.done()
+        for c, ck in enumerate(self.checkpoints):
+            for k, lang in enumerate(self.languages):
+                for s0, s1 in self.blocks():
+                    ok = bool(done[c, k, s0:s1].all())
+                    if ok and verify:
+                        ok = self.verify_block(ck, lang, s0, s1)
+                    if not ok:
+                        yield ck, lang, s0, s1
+
+    def read_layer(self, checkpoint: str, layer: int, stat: str = "mean") -> np.ndarray:
+        """float32 (K, S, F): one layer of one checkpoint — one chunk per block and language."""
+        c = self._index(checkpoint, self.languages[0])[0]
+        return self.group[STAT_ARRAYS[stat]][c, :, :, layer, :]
+
+    def read_cells(self, checkpoint: str, language: str, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
+        """float32 (s1 - s0, L, F)."""
+        c, k = self._index(checkpoint, language)
+        return self.group[STAT_ARRAYS[stat]][c, k, s0:s1]
+
+    def texts(self, language: str) -> list[str]:
+        return list(self.group["text"][self._index(self.checkpoints[0], language)[1]])
+
+    def verify_block(self, checkpoint: str, language: str, s0: int, s1: int) -> bool:
+        c, k = self._index(checkpoint, language)
+        data = [self.group[STAT_ARRAYS[s]][c, k, s0:s1] for s in self.statistics]
+        want = self.group["cell_crc32"][c, k, s0:s1]
+        return all(cell_checksum([d[i] for d in data]) == want[i] for i in range(s1 - s0))
+
+    # ---- writing (actors) ----
+
+    def write_block(self, checkpoint: str, language: str, s0: int, stats: dict[str, np.ndarray],
+                    n_tokens: np.ndarray) -> None:
+        """Write one work unit: data first, then token counts, then the completion markers.
+
+        stats[name]: float32 (n, L, F) for every recorded statistic; n = s1 - s0 must be a whole
+        block, so this writer owns the shards it touches. Idempotent: rewriting gives the same bytes.
+        """
+        c, k = self._index(checkpoint, language)
+        B, S = self.manifest["unit_block"], len(self.unit_ids)
+        n = len(n_tokens)
+        if s0 % B or (s0 + n != min(s0 + B, S)):
+            raise StoreError(f"write of units [{s0}, {s0 + n}) is not one whole block of {B} (shard safety)")
+        if set(stats) != set(self.statistics):
+            raise StoreError(f"block {checkpoint}/{language}/{s0}: got statistics {sorted(stats)}, "
+                             f"store has {self.statistics}")
+        for name in self.statistics:
+            a = stats[name]
+            if not np.isfinite(a).all():
+                bad = np.argwhere(~np.isfinite(a))[0]
+                raise StoreError(f"non-finite {name} at checkpoint={checkpoint} language={language} "
+                                 f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]}: refusing to store it")
+            self.group[STAT_ARRAYS[name]][c, k, s0:s0 + n] = a.astype(np.float32, copy=False)
+        self.group["n_tokens"][c, k, s0:s0 + n] = n_tokens.astype(np.int32)
+        crcs = np.array([cell_checksum([stats[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
+        self.group["cell_crc32"][c, k, s0:s0 + n] = crcs

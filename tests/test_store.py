@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import xarray as xr
+
+from lingua_ray.store import ActivationStore, GridSpec, StoreError, cell_checksum
+
+
+def spec(checkpoints=("final",), languages=("en", "fr"), S=5, L=3, F=4, stats=("mean", "last"), fp="w1",
+         identity=None, texts=None):
+    uids = [f"u{i}" for i in range(S)]
+    return GridSpec(
+        checkpoints=[{"label": c, "revision": None, "step": i, "fingerprint": {"w": fp, "c": c}}
+                     for i, c in enumerate(checkpoints)],
+        languages=list(languages), unit_ids=uids,
+        texts=texts or {lang: [f"{lang} text {i}" for i in range(S)] for lang in languages},
+        n_layers=L, n_neurons=F, statistics=list(stats), identity=identity or {"model": "tiny", "max_tokens": 8},
+        config={"run": {"name": "t"}},
+    )
+
+
+def fake(ck, lang, s0, s1, L=3, F=4, stats=("mean", "last")):
+    seed = hash((ck, lang, s0)) % 2**32
+    rng = np.random.default_rng(seed)
+    return {s: rng.normal(size=(s1 - s0, L, F)).astype(np.float32) for s in stats}, np.arange(s1 - s0) + 1
+
+
+def fill(store, only=None):
+    for ck, lang, s0, s1 in list(store.missing_blocks()):
+        if only is not None and (ck, lang, s0) not in only:
+            continue
+        stats, ntok = fake(ck, lang, s0, s1)
+        store.write_block(ck, lang, s0, stats, ntok)
+
+
+def test_create_write_read_roundtrip(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
+    assert st.shape == (1, 2, 5, 3, 4)
+    assert st.blocks() == [(0, 2), (2, 4), (4, 5)]
+    assert len(list(st.missing_blocks())) == 6
+    fill(st)
+    assert st.done().all() and not list(st.missing_blocks())
+    stats, _ = fake("final", "fr", 2, 4)
+    np.testing.assert_array_equal(st.read_cells("final", "fr", 2, 4, "last"), stats["last"])
+    layer1 = st.read_layer("final", 1)
+    assert layer1.shape == (2, 5, 4)
+    np.testing.assert_array_equal(layer1[1, 2:4], stats["mean"][:, 1])
+    assert st.texts("fr")[3] == "fr text 3"
+    assert st.verify_block("final", "fr", 2, 4)
+
+
+def test_xarray_named_dimensions(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
+    fill(st)
+    ds = xr.open_zarr(str(tmp_path / "s.zarr"), consolidated=False)
+    assert ds["activations"].dims == ("checkpoint", "language", "unit", "layer", "neuron")
+    assert list(ds["language"].values) == ["en", "fr"]
+    assert ds["text"].sel(language="en", unit="u1").item() == "en text 1"
+    v = ds["activations"].sel(checkpoint="final", language="en", unit="u0", layer=2).values
+    np.testing.assert_array_equal(v, fake("final", "en", 0, 2)[0]["mean"][0, 2])
+
+
+def test_partial_block_write_refused(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
+    stats, ntok = fake("final", "en", 1, 2)
+    with pytest.raises(StoreError, match="whole block"):
+        st.write_block("final", "en", 1, stats, ntok)
+
+
+def test_non_finite_refused_names_cell(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
+    stats, ntok = fake("final", "en", 2, 4)
+    stats["mean"][1, 2, 0] = np.inf
+    with pytest.raises(StoreError, match=r"language=en unit=u3 layer=2"):
+        st.write_block("final", "en", 2, stats, ntok)
+    assert not st.done().any()
+
+
+def test_resume_only_missing_and_identical(tmp_path):
+    a = ActivationStore.create_or_extend(str(tmp_path / "a.zarr"), spec(), unit_block=2)
+    fill(a)
+    b = ActivationStore.create_or_extend(str(tmp_path / "b.zarr"), spec(), unit_block=2)
+    fill(b, only={("final", "en", 0), ("final", "fr", 4)})  # "interrupted"
+    b = ActivationStore.create_or_extend(str(tmp_path / "b.zarr"), spec(), unit_block=2)
+    todo = list(b.missing_blocks())
+    assert len(todo) == 4 and ("final", "en", 0, 2) not in todo
+    fill(b)
+    for name in ("activations", "activations_last", "n_tokens", "cell_crc32"):
+        np.testing.assert_array_equal(a.group[name][:], b.group[name][:])
+
+
+def test_mismatch_refused_without_changes(tmp_path):
+    p = str(tmp_path / "s.zarr")
+    st = ActivationStore.create_or_extend(p, spec(), unit_block=2)
+    fill(st)
+    before = st.group["activations"][:]
+    with pytest.raises(StoreError, match="checkpoint 'final' was recorded from a different model"):
+        ActivationStore.create_or_extend(p, spec(fp="w2"), unit_block=2)
+    with pytest.raises(StoreError, match="identity"):
+        ActivationStore.create_or_extend(p, spec(identity={"model": "tiny", "max_tokens": 9}), unit_block=2)
+    with pytest.raises(StoreError, match="language 'fr' was recorded from different texts"):
+        t = {lang: [f"{lang} text {i}" for i in range(5)] for lang in ("en", "fr")}
+        t["fr"][2] = "changed"
+        ActivationStore.create_or_extend(p, spec(texts=t), unit_block=2)
+    with pytest.raises(StoreError, match="units"):
+        ActivationStore.create_or_extend(p, spec(S=6), unit_block=2)
+    with pytest.raises(StoreError, match="n_layers"):
+        ActivationStore.create_or_extend(p, spec(L=4), unit_block=2)
+    np.testing.assert_array_equal(ActivationStore(p).group["activations"][:], before)
+
+
+def test_growth_keeps_finished_data(tmp_path):
+    p = str(tmp_path / "s.zarr")
+    st = ActivationStore.create_or_extend(p, spec(), unit_block=2)
+    fill(st)
+    before = st.group["activations"][:]
+    st2 = ActivationStore.create_or_extend(p, spec(checkpoints=("final", "step2"), languages=("en", "fr", "zh")),
+                                           unit_block=2)
+    assert st2.checkpoints == ["final", "step2"] and st2.languages == ["en", "fr", "zh"]
+    np.testing.assert_array_equal(st2.group["activations"][:1, :2], before)
+    todo = list(st2.missing_blocks())
+    assert {(c, lang) for c, lang, *_ in todo} == {("final", "zh"), ("step2", "en"), ("step2", "fr"), ("step2", "zh")}
+    fill(st2)
+    assert st2.done().all()
+    assert st2.group["checkpoint_step"][:].tolist() == [0, 1]
+
+
+def test_verify_detects_corruption(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
+    fill(st)
+    st.group["activations"][0, 0, 0, 0, 0] = 123.0  # torn / tampered data
+    assert not st.verify_block("final", "en", 0, 2)
+    assert ("final", "en", 0, 2) in list(st.missing_blocks(verify=True))
+    assert cell_checksum([np.zeros((1, 2))]) != cell_checksum([np.ones((1, 2))])
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no activation store"):
+        ActivationStore(str(tmp_path / "nope.zarr"))
