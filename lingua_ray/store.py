@@ -22,7 +22,7 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import zarr
@@ -40,12 +40,13 @@ class StoreError(ValueError):
 class StoreConfig:
     """Where the store lives and how it is blocked.
 
-    path: a local path or an fsspec URL (s3://, gs://) reachable from every node.
+    path: a local path or an fsspec URL (s3://, gs://) reachable from every node;
+        None = ``<run.out_dir>/activations.zarr``.
     unit_block: units per work unit; one shard holds one block of one (checkpoint, language).
     verify_on_resume: recompute every finished cell's checksum before trusting it.
     """
 
-    path: str = "runs/${run.name}/activations.zarr"
+    path: Optional[str] = None
     unit_block: int = 16
     verify_on_resume: bool = False
 
@@ -323,3 +324,35 @@ class ActivationStore:
         self.group["n_tokens"][c, k, s0:s0 + n] = n_tokens.astype(np.int32)
         crcs = np.array([cell_checksum([stats[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
         self.group["cell_crc32"][c, k, s0:s0 + n] = crcs
+
+    # ---- reducer outputs (driver only) ----
+
+    KEY_ARRAYS = {"score": ("key_score", "float32", np.nan), "z": ("key_z", "float32", np.nan),
+                  "mask": ("key_mask", "bool", False)}
+
+    def write_key_neurons(self, checkpoint: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
+        """Write key-neuron score / z / mask, each (K, L, F), for one checkpoint.
+
+        Stored as key_score, key_z, key_mask with dimensions (checkpoint, language, layer, neuron);
+        ``settings`` (tau, mode, statistic) go into each array's attributes.
+        """
+        C, K, _, L, F = self.shape
+        c = self._index(checkpoint, self.languages[0])[0]
+        for name, value in arrays.items():
+            arr_name, dtype, fill = self.KEY_ARRAYS[name]
+            if value.shape != (K, L, F):
+                raise StoreError(f"key-neuron {name} for {checkpoint!r} has shape {value.shape}, want {(K, L, F)}")
+            if arr_name not in self.group:
+                self.group.create_array(arr_name, shape=(C, K, L, F), chunks=(1, 1, 1, F), dtype=dtype,
+                                        fill_value=fill, dimension_names=("checkpoint", "language", "layer", "neuron"))
+            a = self.group[arr_name]
+            if a.shape != (C, K, L, F):
+                a.resize((C, K, L, F))
+            a[c] = value.astype(dtype)
+            a.attrs["settings"] = settings
+
+    def read_key_mask(self, checkpoint: str) -> np.ndarray:
+        """bool (K, L, F) key-neuron mask of one checkpoint (written by the reduce stage)."""
+        if "key_mask" not in self.group:
+            raise StoreError(f"store {self.path!r} has no key_mask: run the reduce stage first")
+        return self.group["key_mask"][self._index(checkpoint, self.languages[0])[0]]

@@ -110,6 +110,11 @@ def dequantise_gguf(package: str, cache_dir: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already dequantised to float32; drop the GGUF marker so they save as a
+    # plain safetensors checkpoint (transformers refuses to serialise "quantized" models).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "DONE").write_text(json.dumps({"gguf": gguf.name, "sha256": _sha256(gguf)}))

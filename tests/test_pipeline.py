@@ -1,0 +1,137 @@
+"""End to end on a local Ray: a tiny LLaMA saved to disk, a jsonl corpus, every stage, resume."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from lingua_ray.config import (AblationConfig, CaptureConfig, CheckpointConfig, ClusterConfig, CorpusConfig,
+                               ModelConfig, ReduceConfig, RunConfig, RunInfo, SplitConfig, StoreConfig)
+from lingua_ray import pipeline, schedule
+from lingua_ray.store import ActivationStore, StoreError
+from tiny import tiny_model, tiny_tokenizer
+
+LANGS = ["en", "fr", "id"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    tok = tiny_tokenizer()
+    for seed in (0, 1):
+        m = tiny_model("llama", seed=seed)
+        m.save_pretrained(root / f"m{seed}", safe_serialization=True)
+        tok.save_pretrained(root / f"m{seed}")
+    rng = random.Random(0)
+    words = {lang: [f"{lang}{w}" for w in ("sun", "sea", "tree", "rock", "wind", "fire", "hill", "moon")]
+             for lang in LANGS}
+    lines = []
+    for i in range(14):
+        pick = rng.sample(range(8), 4)
+        lines.append(json.dumps({"uid": f"u{i:02d}", **{lang: " ".join(words[lang][j] for j in pick) for lang in LANGS}}))
+    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    import ray
+
+    schedule.init_ray(ClusterConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+def make_cfg(root, out, checkpoints=("m0",), unit_block=4, stats=("mean", "pos_frac")) -> RunConfig:
+    return RunConfig(
+        run=RunInfo(name="t", out_dir=str(out)),
+        model=ModelConfig(name="tiny", source="local", hf_id=str(root / "m0"), gguf_package=None,
+                          checkpoints=[CheckpointConfig(label=c, path=str(root / c), step=i)
+                                       for i, c in enumerate(checkpoints)]),
+        corpus=CorpusConfig(source="jsonl", path=str(root / "corpus.jsonl"), languages=LANGS),
+        split=SplitConfig(heldout_units=4, seed=0),
+        capture=CaptureConfig(token_budget=256, max_tokens=64, statistics=list(stats)),
+        store=StoreConfig(unit_block=unit_block),
+        cluster=ClusterConfig(num_actors=2, cpus_per_actor=1, num_cpus=2),
+        reduce=ReduceConfig(tau=1.0, n_boot=50, n_perm=50),
+        ablation=AblationConfig(n_random=2),
+    )
+
+
+def test_record_resume_equals_uninterrupted(tiny_dirs, tmp_path):
+    full = make_cfg(tiny_dirs, tmp_path / "full")
+    stats = pipeline.record(full)
+    assert stats["units_recorded"] == 3 * 10 and stats["tokens"] > 0
+
+    part = make_cfg(tiny_dirs, tmp_path / "part")
+    store = ActivationStore.create_or_extend(pipeline.store_path(part), _spec(part), part.store.unit_block)
+    missing = list(store.missing_blocks())
+    # "Interrupted": only some blocks ran; one more block got its data but died before its markers.
+    schedule.record(pipeline.store_path(part), part.cluster, part.model, part.capture, missing[:4], 30)
+    ck, lang, s0, s1 = missing[4]
+    store.group["activations"][0, store.languages.index(lang), s0:s1] = 7.0
+    again = pipeline.record(part)
+    assert again["units_recorded"] == 30 - sum(b[3] - b[2] for b in missing[:4])
+    a, b = ActivationStore(pipeline.store_path(full)), ActivationStore(pipeline.store_path(part))
+    for name in ("activations", "activations_pos_frac", "n_tokens", "cell_crc32"):
+        np.testing.assert_allclose(a.group[name][:], b.group[name][:], rtol=0, atol=1e-6)
+    assert pipeline.record(part)["units_recorded"] == 0  # a third run has nothing to do
+
+
+def _spec(cfg):
+    from lingua_ray.models.loading import model_fingerprint
+    from lingua_ray.store import GridSpec
+
+    sel, _ = pipeline.corpora(cfg)
+    ck = cfg.model.checkpoints[0]
+    fp = model_fingerprint(cfg.model, ck)
+    return GridSpec(checkpoints=[{"label": ck.label, "revision": None, "step": ck.step, "fingerprint": fp}],
+                    languages=LANGS, unit_ids=list(sel.unit_ids), texts={l: list(sel.texts(l)) for l in LANGS},
+                    n_layers=fp["n_layers"], n_neurons=fp["n_neurons"], statistics=list(cfg.capture.statistics),
+                    identity=pipeline._identity(cfg))
+
+
+def test_other_model_refused_nothing_overwritten(tiny_dirs, tmp_path):
+    cfg = make_cfg(tiny_dirs, tmp_path / "r")
+    pipeline.record(cfg)
+    before = ActivationStore(pipeline.store_path(cfg)).group["activations"][:]
+    other = make_cfg(tiny_dirs, tmp_path / "r")
+    other.model.checkpoints[0].path = str(tiny_dirs / "m1")  # same label, other weights
+    with pytest.raises(StoreError, match="checkpoint 'm0' was recorded from a different model"):
+        pipeline.record(other)
+    cap = make_cfg(tiny_dirs, tmp_path / "r")
+    cap.capture.max_tokens = 32
+    with pytest.raises(StoreError, match="identity"):
+        pipeline.record(cap)
+    np.testing.assert_array_equal(ActivationStore(pipeline.store_path(cfg)).group["activations"][:], before)
+
+
+def test_all_stages_and_growth(tiny_dirs, tmp_path):
+    cfg = make_cfg(tiny_dirs, tmp_path / "run")
+    out = pipeline.run(cfg)
+    res = out["ablate"]
+    assert [c["label"] for c in res["checkpoints"]] == ["m0"]
+    ab = res["ablation"]["checkpoints"][0]
+    assert ab["rows"][0]["mask"] == "none" and len(ab["rows"]) == 1 + 3 * (1 + 2)
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "data:image/png;base64" in html
+    store = ActivationStore(pipeline.store_path(cfg))
+    mask = store.read_key_mask("m0")
+    counts = res["checkpoints"][0]["key_neurons"]["counts"]
+    assert [sum(counts[l]) for l in LANGS] == mask.sum(axis=(1, 2)).tolist()
+    # Held-out units never picked neurons.
+    sel, held = pipeline.corpora(cfg)
+    assert not set(held.unit_ids) & set(store.unit_ids.tolist())
+    # Growth: a second checkpoint is appended; the first one's data is untouched.
+    before = store.group["activations"][:]
+    grown = make_cfg(tiny_dirs, tmp_path / "run", checkpoints=("m0", "m1"))
+    st = pipeline.record(grown)
+    assert st["units_recorded"] == 30
+    after = ActivationStore(pipeline.store_path(cfg)).group["activations"][:]
+    np.testing.assert_array_equal(after[:1], before)
+    res2 = pipeline.reduce(grown)
+    assert [c["label"] for c in res2["checkpoints"]] == ["m0", "m1"]
+    assert res2["checkpoints"][0]["overall"] == res["checkpoints"][0]["overall"]

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite (what CI runs): installs into .venv if needed, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash workflows/setup_env.sh
+export TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1
+.venv/bin/python -m pytest "$@"
