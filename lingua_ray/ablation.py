@@ -464,7 +464,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else math.nan)  # one draw has no spread
 
 
 def summarise_ablation(rows: Sequence[Mapping], languages: Sequence[str], eval_languages: Sequence[str]) -> dict:
@@ -476,7 +476,7 @@ def summarise_ablation(rows: Sequence[Mapping], languages: Sequence[str], eval_l
         specificity           = own − other_mean
         random_own_*          = mean, sd over repeats of r_random:l[l]
         random_specificity_*  = mean, sd over repeats of (r[l] − mean_O r[m])
-    sd uses ddof=1 when R > 1, else 0.0; with R = 0 the random statistics are NaN, and
+    sd uses ddof=1 when R > 1, else NaN (one draw has no spread); with R = 0 the random statistics are NaN, and
     with no other eval language the "other" statistics and specificity are NaN.
     Log ratios, medians beside means: real effects are heavy-tailed.
     """

@@ -114,7 +114,9 @@ def cosine_from_gram(G, K: int, S: int, where: str = "") -> np.ndarray:
         idx = np.argwhere(~np.isfinite(G))[0]
         raise ValueError(f"non-finite Gram entry at {_row_name(idx[-2], S)} x column {idx[-1]}{ctx}")
     n = np.sqrt(d)
-    return G / n[..., :, None] / n[..., None, :]
+    C = G / n[..., :, None]
+    C /= n[..., None, :]  # in place: one (N, N) temporary, not two
+    return C
 
 
 def _blocks(C: np.ndarray, K: int, S: int) -> np.ndarray:
@@ -199,7 +201,9 @@ def balanced_gram(grams) -> np.ndarray:
     for g in G:  # one layer at a time: no (L, N, N) temporary
         n = np.sqrt(np.clip(np.diagonal(g), 0.0, None))
         inv = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
-        out += g * inv[:, None] * inv[None, :]
+        scaled = g * inv[:, None]
+        scaled *= inv[None, :]
+        out += scaled
     return out
 
 
@@ -279,9 +283,9 @@ def neuron_sums(a_layer, norms) -> tuple[np.ndarray, np.ndarray]:
             c = min(step, F - f0)
             blk = buf[:, :c]
             np.copyto(blk, a[l, :, f0 : f0 + c])
-            sum_x[l, f0 : f0 + c] = inv[l] @ blk
+            np.dot(inv[l], blk, out=sum_x[l, f0 : f0 + c])
             np.multiply(blk, blk, out=blk)
-            sum_x2[l, f0 : f0 + c] = inv2[l] @ blk
+            np.dot(inv2[l], blk, out=sum_x2[l, f0 : f0 + c])
     return sum_x, sum_x2
 
 

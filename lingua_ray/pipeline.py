@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -267,10 +267,17 @@ def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
     Path(cfg.run.out_dir).mkdir(parents=True, exist_ok=True)
     _write_json(Path(cfg.run.out_dir) / "config.resolved.json", resolved(cfg))
     out: dict = {}
+    timings = {}
     for stage in STAGES:
         if stage not in stages:
             continue
         if stage == "ablate" and not cfg.ablation.enabled:
             continue
+        t0 = time.perf_counter()
         out[stage] = {"record": record, "reduce": reduce, "ablate": ablate, "report": report}[stage](cfg)
+        timings[stage] = round(time.perf_counter() - t0, 1)
+        print(f"[{stage}] done in {timings[stage]:.1f}s", flush=True)
+    _write_json(Path(cfg.run.out_dir) / "timings.json", timings)
+    if "report" in out:
+        print(f"report: {out['report']}", flush=True)
     return out

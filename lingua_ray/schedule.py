@@ -121,11 +121,16 @@ def _atomic_json(path: str, obj: dict) -> None:
 
 
 def _actors(cfg: ClusterConfig, model_cfg: ModelConfig, checkpoints: list[CheckpointConfig], n: int):
+    total_cpus = ray.cluster_resources().get("CPU", 1.0)
+    cpus = min(cfg.cpus_per_actor, total_cpus)  # an actor asking for more CPUs than exist never starts
+    if cpus < cfg.cpus_per_actor:
+        log.warning("cluster.cpus_per_actor=%s > the cluster's %s CPUs; using %s", cfg.cpus_per_actor, total_cpus, cpus)
+    n = min(max(1, n), max(1, int(total_cpus // cpus))) if cfg.gpus_per_actor == 0 else max(1, n)
     cls = ray.remote(ModelWorker).options(
-        num_gpus=cfg.gpus_per_actor, num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor, num_cpus=cpus,
         max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
     )
-    return [cls.remote(model_cfg, checkpoints, cfg.gpus_per_actor) for _ in range(max(1, n))]
+    return [cls.remote(model_cfg, checkpoints, cfg.gpus_per_actor) for _ in range(n)]
 
 
 def run_units(units: list[WorkUnit], actors: list, submit: Callable, on_done: Callable[[WorkUnit, dict], None]):
