@@ -27,6 +27,8 @@ __all__ = [
     "key_counts",
     "key_neuron_masks",
     "key_neuron_scores",
+    "key_neuron_zscores",
+    "key_neurons",
     "language_block_means",
     "layer_norm_shares",
     "lrds",
@@ -302,13 +304,15 @@ def key_neuron_scores(sum_x, sum_x2, S: int) -> np.ndarray:
     return (sx * sx - sx2) / (S * (S - 1))
 
 
-def zscores(score, rtol: float = 1e-9) -> np.ndarray:
+def zscores(score, rtol: float = 1e-9, scale=None) -> np.ndarray:
     """z (K, ...) across languages (axis 0), population std (ddof = 0).
 
     A neuron whose score is the same in every language (std 0) gets z = 0 everywhere, never NaN.
-    "The same" allows rounding: std <= rtol * max_l |score[l, k]|. Without that, scores equal in exact
-    arithmetic but computed with norms summed in different orders differ by ~1e-16, and z, being
-    scale-free, would blow that up to values as large as sqrt(K-1).
+    "The same" allows rounding: std <= rtol * scale, with ``scale`` (broadcastable to
+    ``score.shape[1:]``) the magnitude the scores were computed from; by default
+    max_l |score[l, k]|. Without that, scores equal in exact arithmetic but computed with norms
+    summed in different orders differ by ~1e-16, and z, being scale-free, would blow that up to
+    values as large as sqrt(K-1). Prefer :func:`key_neuron_zscores`, which passes the right scale.
     """
     sc = np.asarray(score, dtype=np.float64)
     if sc.ndim < 1 or sc.shape[0] < 2:
@@ -317,8 +321,21 @@ def zscores(score, rtol: float = 1e-9) -> np.ndarray:
         raise ValueError("scores contain non-finite values")
     dev = sc - sc.mean(axis=0)
     std = np.sqrt((dev * dev).mean(axis=0))
-    live = std > rtol * np.abs(sc).max(axis=0)
+    ref = np.abs(sc).max(axis=0) if scale is None else np.broadcast_to(scale, std.shape)
+    live = std > rtol * ref
     return np.divide(dev, std, out=np.zeros_like(dev), where=live)
+
+
+def key_neuron_zscores(sum_x, sum_x2, S: int, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """(score, z), each (K, ...), from the neuron sums.
+
+    Rounding in score = ((sum_x)^2 - sum_x2) / (S(S-1)) is relative to its terms, not to the result
+    (which can cancel to ~0), so std is judged zero against max_l ((sum_x)^2 + sum_x2) / (S(S-1)).
+    """
+    score = key_neuron_scores(sum_x, sum_x2, S)
+    sx = np.asarray(sum_x, dtype=np.float64)
+    terms = (sx * sx + np.asarray(sum_x2, dtype=np.float64)) / (S * (S - 1))
+    return score, zscores(score, rtol=rtol, scale=terms.max(axis=0))
 
 
 def key_neuron_masks(z, tau: float = 2.0) -> np.ndarray:
@@ -363,6 +380,17 @@ def key_counts(mask) -> np.ndarray:
     if m.ndim != 3:
         raise ValueError(f"mask must be (K, L, F); got shape {m.shape}")
     return m.sum(axis=-1, dtype=np.int64)
+
+
+def key_neurons(sum_x, sum_x2, S: int, tau: float = 2.0) -> dict:
+    """Everything METHOD.md reports for key neurons, from sums (K, L, F).
+
+    Returns ``score`` and ``z`` (K, L, F) float64, ``mask`` (K, L, F) bool (z > tau) and
+    ``counts`` (K, L) int.
+    """
+    score, z = key_neuron_zscores(sum_x, sum_x2, S)
+    mask = key_neuron_masks(z, tau)
+    return {"score": score, "z": z, "mask": mask, "counts": key_counts(mask)}
 
 
 # --------------------------------------------------------------------------- uncertainty

@@ -115,7 +115,7 @@ def checkpoint_results(cfg: RunConfig, grams, sum_x, sum_x2, languages: list[str
     boot = metrics.bootstrap_ci(grams, K, S, n_boot=r.n_boot, seed=r.seed, level=r.ci_level, per_layer=True)
     perm = metrics.permutation_test(grams, K, S, n_perm=r.n_perm, seed=r.seed, per_layer=True)
     score = metrics.key_neuron_scores(sum_x, sum_x2, S)
-    z = metrics.zscores(score)
+    z = metrics.key_neuron_zscores(sum_x, sum_x2, S)
     mask = _key_masks(cfg, z)
     counts = metrics.key_counts(mask)  # (K, L)
     flat = mask.reshape(K, -1).astype(np.int64)

@@ -89,17 +89,30 @@ def ref_key_scores(a):
     return out.reshape(K, L, F)
 
 
-def ref_z(score):
+def ref_z(score, scale=None):
+    """z across languages, ddof = 0; std within 1e-9 * scale (default max_l |score|) counts as 0."""
     K = score.shape[0]
     flat = score.reshape(K, -1)
+    scale = None if scale is None else np.asarray(scale).ravel()
     z = np.zeros_like(flat)
     for k in range(flat.shape[1]):
         col = flat[:, k]
         mu = sum(col) / K
         sd = math.sqrt(sum((c - mu) ** 2 for c in col) / K)
-        if sd > 1e-9 * max(abs(c) for c in col):
+        if sd > 1e-9 * (max(abs(c) for c in col) if scale is None else scale[k]):
             z[:, k] = (col - mu) / sd
     return z.reshape(score.shape)
+
+
+def ref_term_scale(a):
+    """max_l of ((sum_s x)^2 + sum_s x^2) / (S(S-1)), the size of the terms that make a score."""
+    K, S, L, F = a.shape
+    out = np.zeros(L * F)
+    for l in range(K):
+        x = [a[l, s].ravel() / np.linalg.norm(a[l, s].ravel()) for s in range(S)]
+        sx, sx2 = sum(x), sum(xi * xi for xi in x)
+        out = np.maximum(out, (sx * sx + sx2) / (S * (S - 1)))
+    return out
 
 
 def ref_weighted_stats(C, K, S, idx):
@@ -226,9 +239,8 @@ def test_scaling_units_changes_nothing(a, data):
     r1, r2 = M.scores_from_grams(g1, K, S), M.scores_from_grams(g2, K, S)
     for key in ("lrds", "sads", "lrds_balanced", "sads_balanced", "lrds_per_layer", "sads_per_layer", "B", "D"):
         close(r1[key], r2[key])
-    s1, s2 = M.key_neuron_scores(sx1, sq1, S), M.key_neuron_scores(sx2, sq2, S)
+    (s1, z1), (s2, z2) = M.key_neuron_zscores(sx1, sq1, S), M.key_neuron_zscores(sx2, sq2, S)
     close(s1, s2)
-    z1, z2 = M.zscores(s1), M.zscores(s2)
     tau = 0.5 * math.sqrt(K - 1)
     clear = np.abs(z1 - tau) > 1e-6  # masks compared away from the threshold itself
     assert np.array_equal(M.key_neuron_masks(z1, tau)[clear], M.key_neuron_masks(z2, tau)[clear])
@@ -245,8 +257,8 @@ def test_permuting_languages_permutes_everything(a, data):
     close(r2["lrds"], r1["lrds"])
     close(r2["sads"], r1["sads"])
     close(r2["B"], r1["B"][np.ix_(perm, perm)])
-    z1 = M.zscores(M.key_neuron_scores(sx1, sq1, S))
-    z2 = M.zscores(M.key_neuron_scores(sx2, sq2, S))
+    z1 = M.key_neuron_zscores(sx1, sq1, S)[1]
+    z2 = M.key_neuron_zscores(sx2, sq2, S)[1]
     close(z2, z1[perm])
     tau = 0.5 * math.sqrt(K - 1)
     clear = np.abs(z1[perm] - tau) > 1e-6
@@ -301,12 +313,16 @@ def test_key_scores_match_pairwise_reference(a):
     # METHOD.md: the scores of a language sum to its diagonal language block, B[l, l]
     B = M.language_block_means(M.cosine_from_gram(grams.sum(0), K, S), K, S)
     close(score.sum(axis=(1, 2)), np.diagonal(B))
-    z = M.zscores(score)
-    close(z, ref_z(score))
+    close(M.zscores(score), ref_z(score))
+    score2, z = M.key_neuron_zscores(sx, sq, S)
+    assert np.array_equal(score2, score)
+    z_ref = ref_z(score, ref_term_scale(a))
+    close(z, z_ref)
     tau = 0.6 * math.sqrt(K - 1)
     mask = M.key_neuron_masks(z, tau)
     assert mask.dtype == bool and mask.shape == (K, L, F)
-    assert np.array_equal(mask, ref_z(score) > tau)
+    clear = np.abs(z_ref - tau) > 1e-6
+    assert np.array_equal(mask[clear], (z_ref > tau)[clear])
     assert np.array_equal(M.key_counts(mask), mask.sum(-1))
 
 
@@ -343,7 +359,7 @@ def test_constant_neuron_is_never_key_and_warns_nothing():
 def test_top_fraction_masks(a, fraction):
     K, S, L, F = a.shape
     _, sx, sq = reduce_stats(a)
-    z = M.zscores(M.key_neuron_scores(sx, sq, S))
+    z = M.key_neuron_zscores(sx, sq, S)[1]
     mask = M.top_fraction_masks(z, fraction)
     n_top = int(math.floor(fraction * L * F + 1e-9))
     for l in range(K):

@@ -62,17 +62,20 @@ def test_clean_planted_neurons_are_recovered_exactly(K, tau):
     L, F, p, S = 2, 4 * K, 3, 25
     a, planted = clean_planted(K, S, L, F, p)
     _, sx, sq = reduce_stats(a)
-    z = M.zscores(M.key_neuron_scores(sx, sq, S))
+    z = M.key_neuron_zscores(sx, sq, S)[1]
     mask = M.key_neuron_masks(z, tau)
     assert np.array_equal(mask, planted)
     assert np.array_equal(M.key_counts(mask), np.full((K, L), p))
+    out = M.key_neurons(sx, sq, S, tau)
+    assert np.array_equal(out["mask"], planted) and np.array_equal(out["counts"], np.full((K, L), p))
+    assert np.array_equal(out["z"], z) and out["score"].shape == (K, L, F)
 
 
 def test_noisy_planted_neurons_recall_and_ranking():
     K, S, L, F, p = 9, 30, 2, 40, 2
     a, planted = noisy_planted(K, S, L, F, p, alpha=1.0)
     _, sx, sq = reduce_stats(a)
-    z = M.zscores(M.key_neuron_scores(sx, sq, S))
+    z = M.key_neuron_zscores(sx, sq, S)[1]
     mask = M.key_neuron_masks(z, 2.0)
     assert mask[planted].all()  # recall 1
     # With K = 9 a pure-noise neuron has max_l z > 2 about 15% of the time (docs/metrics.md), so

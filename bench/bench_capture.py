@@ -1,0 +1,119 @@
+"""Capture on an accelerator (or CPU): correctness per adapter, then batched vs one-at-a-time speed.
+
+    python bench/bench_capture.py [--device cuda] [--quick]
+
+1. For every tiny adapter config: batched capture equals one-at-a-time (METHOD tolerance) in float32,
+   and the bfloat16 difference is printed; an empty deactivation mask reproduces logits exactly.
+2. Speed: the same texts through a random-initialised LLaMA-shaped model (default ~0.5B params),
+   batched under a token budget vs batch size 1 (the authors' release ran one sentence per call),
+   printing tokens/s of each, their ratio, and peak device memory.
+Needs only torch, transformers, numpy and lingua_ray's capture/ablation modules (no Ray, no Zarr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from lingua_ray.ablation import deactivate  # noqa: E402
+from lingua_ray.capture import CaptureConfig, capture_texts  # noqa: E402
+from tiny import TINY_TYPES, tiny_model, tiny_tokenizer  # noqa: E402
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = "the right to life liberty security person everyone has equal dignity rights free born".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 120))) for _ in range(n)]
+
+
+def check_adapters(device: str) -> None:
+    tok = tiny_tokenizer()
+    xs = texts(12, seed=1)
+    for mt in TINY_TYPES:
+        model = tiny_model(mt).to(device)
+        cfg = CaptureConfig(token_budget=1024, max_tokens=200, statistics=["mean", "last", "pos_frac"])
+        worst = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            model.to(dtype)
+            b = capture_texts(model, tok, xs, cfg).stats["mean"]
+            s = np.stack([capture_texts(model, tok, [t], cfg).stats["mean"][0] for t in xs])
+            worst[str(dtype)] = float((np.abs(b - s).max(axis=(1, 2)) / np.abs(s).max(axis=(1, 2))).max())
+        model.to(torch.bfloat16)
+        enc = tok(xs[:3], return_tensors="pt", padding=True, truncation=True, max_length=200).to(device)
+        with torch.no_grad():
+            ref = model(**enc).logits
+            from lingua_ray.models.adapters import get_adapter
+
+            ad = get_adapter(model)
+            with deactivate(model, np.zeros((ad.n_layers(model.config), ad.n_neurons(model.config)), bool)):
+                same = torch.equal(model(**enc).logits, ref)
+        ok = worst["torch.float32"] <= 1e-4
+        print(f"{mt:12s} batched-vs-single rel.max fp32={worst['torch.float32']:.2e} ({'OK' if ok else 'FAIL'}) "
+              f"bf16={worst['torch.bfloat16']:.2e}  empty-mask logits identical (bf16): {same}", flush=True)
+
+
+def bench_speed(device: str, quick: bool) -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if quick:
+        cfg = LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=4, vocab_size=1000)
+    else:
+        cfg = LlamaConfig(hidden_size=1536, intermediate_size=6144, num_hidden_layers=16, num_attention_heads=12,
+                          num_key_value_heads=12, vocab_size=32000)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
+    n_params = sum(p.numel() for p in model.parameters()) / 1e9
+    tok = tiny_tokenizer()
+    xs = texts(64 if quick else 512, seed=2)
+    cap = CaptureConfig(token_budget=32768, max_tokens=512)
+    capture_texts(model, tok, xs[:8], cap)  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    got = capture_texts(model, tok, xs, cap)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t_batched = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
+    n_single = len(xs) if quick else 128
+    one = CaptureConfig(token_budget=512, max_tokens=512)
+    t0 = time.perf_counter()
+    for t in xs[:n_single]:
+        capture_texts(model, tok, [t], one)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t_single = time.perf_counter() - t0
+    tok_all = int(got.n_tokens.sum())
+    tok_single = int(got.n_tokens[:n_single].sum())
+    r_b, r_s = tok_all / t_batched, tok_single / t_single
+    print(f"model: llama-shaped {n_params:.2f}B params, {dtype}, L={cfg.num_hidden_layers} F={cfg.intermediate_size}")
+    print(f"batched (budget {cap.token_budget} tokens): {r_b:,.0f} tokens/s over {len(xs)} texts; peak {peak:,.0f} MiB")
+    print(f"one at a time:                      {r_s:,.0f} tokens/s over {n_single} texts")
+    print(f"ratio batched / one-at-a-time: {r_b / r_s:.1f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
+    print(f"device {a.device} ({name}), torch {torch.__version__}", flush=True)
+    check_adapters(a.device)
+    bench_speed(a.device, a.quick)
+
+
+if __name__ == "__main__":
+    main()
