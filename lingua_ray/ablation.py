@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lingua_ray.capture import plan_batches
 from lingua_ray.models.adapters import get_adapter
 
 
@@ -223,22 +224,6 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def pack_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Group text indices, longest first, so batch size × padded length ≤ token_budget.
-
-    A single text longer than the budget forms its own batch. Longest first so an
-    out-of-memory batch shows at once rather than at the end.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= token_budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 @torch.no_grad()
 def unit_nll(
     model: nn.Module,
@@ -280,7 +265,7 @@ def unit_nll(
     enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_tokens)
     ids: list[list[int]] = enc["input_ids"]
     pad = _pad_id(tokenizer)
-    for batch in pack_batches([len(x) for x in ids], token_budget):
+    for batch in plan_batches([len(x) for x in ids], token_budget):
         width = len(ids[batch[0]])
         if width < 2:
             continue  # every text left is this short: nothing to predict

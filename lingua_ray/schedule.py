@@ -67,6 +67,7 @@ class ModelWorker:
         self.model = self.tokenizer = None
         if os.environ.get("LINGUA_RAY_TORCH_THREADS"):
             torch.set_num_threads(int(os.environ["LINGUA_RAY_TORCH_THREADS"]))
+        log.info("model worker on %s, %d torch threads", self.device, torch.get_num_threads())
 
     def _load(self, label: str) -> None:
         if label == self.label:
@@ -94,7 +95,7 @@ class ModelWorker:
                 "seconds": time.perf_counter() - t0}
 
     def evaluate(self, store_path: str, ablation_cfg, languages: list[str], checkpoint: str, mask_id: str,
-                 eval_language: str, texts: list[str], out_file: str) -> dict:
+                 eval_language: str, texts: list[str]) -> dict:
         from lingua_ray.ablation import evaluate_mask, plan_masks
         from lingua_ray.store import ActivationStore
 
@@ -108,8 +109,7 @@ class ModelWorker:
                             ablation_cfg.token_budget, ablation_cfg.max_tokens)[eval_language]
         rec = {"checkpoint": checkpoint, "mask": mask_id, "eval_language": eval_language, "ppl": ppl,
                "n_texts": len(texts), "seconds": time.perf_counter() - t0}
-        _atomic_json(out_file, rec)
-        return rec
+        return rec  # the driver writes it: a worker node's disk may not be the driver's
 
 
 def _atomic_json(path: str, obj: dict) -> None:
@@ -269,9 +269,13 @@ def ablate(store_path: str, cluster: ClusterConfig, model_cfg: ModelConfig, abla
     def submit(actor, u):
         mask_id, lang = u.key
         return actor.evaluate.remote(store_path, ablation_cfg, languages, u.checkpoint, mask_id, lang,
-                                     texts_ref[lang], ablation_unit_file(out_dir, u.checkpoint, mask_id, lang))
+                                     texts_ref[lang])
 
-    run_units([WorkUnit(c, (m, lang)) for c, m, lang in todo], actors, submit, lambda u, r: progress.update(1))
+    def on_done(u, rec):
+        _atomic_json(ablation_unit_file(out_dir, u.checkpoint, *u.key), rec)
+        progress.update(1)
+
+    run_units([WorkUnit(c, (m, lang)) for c, m, lang in todo], actors, submit, on_done)
     for a in actors:
         ray.kill(a)
 

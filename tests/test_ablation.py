@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from lingua_ray.capture import plan_batches
 from lingua_ray.ablation import (
     AblationError,
     ablation_matrix,
@@ -21,7 +22,6 @@ from lingua_ray.ablation import (
     expected_mask_shape,
     language_seed,
     matched_random_masks,
-    pack_batches,
     perplexity,
     plan_masks,
     rows_from_ppl,
@@ -322,9 +322,9 @@ def test_nll_counts_and_truncation(tok):
     assert unit_nll(model, tok, [])[0].shape == (0,)
 
 
-def test_pack_batches_respects_budget():
+def test_plan_batches_respects_budget():
     lengths = [5, 17, 3, 17, 9, 1, 30, 12]
-    batches = pack_batches(lengths, token_budget=34)
+    batches = plan_batches(lengths, token_budget=34)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 34

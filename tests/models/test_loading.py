@@ -1,0 +1,79 @@
+import os
+
+import pytest
+import torch
+
+from lingua_ray.models.loading import (CheckpointConfig, ModelConfig, ModelLoadError, load_checkpoint,
+                                       model_fingerprint, resolve_checkpoint, torch_dtype, weight_hash)
+from tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    tiny_model("gpt_neox").save_pretrained(d / "a", safe_serialization=True)
+    tiny_tokenizer().save_pretrained(d / "a")
+    tiny_model("gpt_neox", seed=1).save_pretrained(d / "b", safe_serialization=True)
+    tiny_tokenizer().save_pretrained(d / "b")
+    return d
+
+
+def test_local_folder_loads_in_eval_mode_float32(saved):
+    cfg = ModelConfig(name="t", source="local", hf_id=str(saved / "a"), gguf_package=None)
+    model, tok = load_checkpoint(cfg, cfg.checkpoints[0])
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    assert tok.padding_side == "right"
+
+
+def test_fingerprint_tracks_weights(saved):
+    cfg = ModelConfig(name="t", source="local", gguf_package=None)
+    fa = model_fingerprint(cfg, CheckpointConfig(label="a", path=str(saved / "a")))
+    fa2 = model_fingerprint(cfg, CheckpointConfig(label="x", path=str(saved / "a")))
+    fb = model_fingerprint(cfg, CheckpointConfig(label="b", path=str(saved / "b")))
+    assert fa == fa2 and fa["weights_sha256"] != fb["weights_sha256"]
+    assert fa["config_sha256"] == fb["config_sha256"]
+    assert (fa["model_type"], fa["n_layers"], fa["n_neurons"]) == ("gpt_neox", 2, 28)
+
+
+def test_weight_hash_uses_hub_blob_names(tmp_path):
+    blob = tmp_path / "blobs" / ("ab" * 32)
+    blob.parent.mkdir()
+    blob.write_bytes(b"weights")
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    os.symlink(blob, snap / "model.safetensors")
+    h1 = weight_hash(snap)
+    blob.write_bytes(b"other")  # the blob name is the content hash: not re-read
+    assert weight_hash(snap) == h1
+    with pytest.raises(ModelLoadError, match="no weight files"):
+        weight_hash(tmp_path / "blobs")
+
+
+def test_safetensors_only_by_default(saved, tmp_path):
+    m = tiny_model("llama")
+    (tmp_path / "bin").mkdir()
+    m.config.save_pretrained(tmp_path / "bin")
+    torch.save(m.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # a pickle: never loaded by default
+    tiny_tokenizer().save_pretrained(tmp_path / "bin")
+    cfg = ModelConfig(name="t", source="local", hf_id=str(tmp_path / "bin"), gguf_package=None)
+    with pytest.raises((ModelLoadError, OSError, ValueError)):
+        load_checkpoint(cfg, cfg.checkpoints[0])
+
+
+def test_resolution_and_errors():
+    hub = ModelConfig(name="b", source="hub", hf_id="bigscience/bloom-560m", gguf_package=None)
+    assert resolve_checkpoint(hub, CheckpointConfig(label="s", revision="global_step1000")) == \
+        ("bigscience/bloom-560m", "global_step1000")
+    with pytest.raises(ModelLoadError, match="needs hf_id"):
+        resolve_checkpoint(ModelConfig(name="x", source="hub", hf_id=None), CheckpointConfig())
+    with pytest.raises(ModelLoadError, match="unknown source"):
+        resolve_checkpoint(ModelConfig(name="x", source="ftp"), CheckpointConfig())
+    with pytest.raises(ModelLoadError, match="unknown GGUF package"):
+        resolve_checkpoint(ModelConfig(name="x", source="gguf", gguf_package="nope"), CheckpointConfig())
+    assert torch_dtype("auto", "cpu") == torch.float32 and torch_dtype("auto", "cuda:0") == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        torch_dtype("fp8", "cpu")
+
+
+def test_trust_remote_code_off_by_default():
+    assert ModelConfig().trust_remote_code is False and ModelConfig().use_safetensors is True
