@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import lingua_ray
-from lingua_ray import metrics
+from lingua_ray import metrics, uncertainty
 from lingua_ray.config import RunConfig, resolved
 from lingua_ray.corpus import ParallelCorpus, load_corpus
 from lingua_ray.models.loading import model_fingerprint, torch_dtype
@@ -112,8 +112,8 @@ def checkpoint_results(cfg: RunConfig, grams, sum_x, sum_x2, languages: list[str
     S = grams.shape[1] // K
     r = cfg.reduce
     sc = metrics.scores_from_grams(grams, K, S)
-    boot = metrics.bootstrap_ci(grams, K, S, n_boot=r.n_boot, seed=r.seed, level=r.ci_level, per_layer=True)
-    perm = metrics.permutation_test(grams, K, S, n_perm=r.n_perm, seed=r.seed, per_layer=True)
+    boot = uncertainty.bootstrap_ci(grams, K, S, n_boot=r.n_boot, seed=r.seed, level=r.ci_level, per_layer=True)
+    perm = uncertainty.permutation_test(grams, K, S, n_perm=r.n_perm, seed=r.seed, per_layer=True)
     score, z = metrics.key_neuron_zscores(sum_x, sum_x2, S)
     mask = _key_masks(cfg, z)
     counts = metrics.key_counts(mask)  # (K, L)

@@ -190,9 +190,8 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
-            rate = self.tokens / max(now - self.t0, 1e-9)
-            self.printer(f"[{self.what}] {self.done}/{self.total} units  {rate:,.0f} tokens/s  "
-                         f"{now - self.t0:,.1f}s", flush=True)
+            rate = f"  {self.tokens / max(now - self.t0, 1e-9):,.0f} tokens/s" if self.tokens else ""
+            self.printer(f"[{self.what}] {self.done}/{self.total} units{rate}  {now - self.t0:,.1f}s", flush=True)
 
     @property
     def seconds(self) -> float:

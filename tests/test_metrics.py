@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lingua_ray import metrics as M
+from lingua_ray import uncertainty as U
 
 # --------------------------------------------------------------------------- the reducer, mimicked
 
@@ -396,11 +397,11 @@ def test_bootstrap_statistic_matches_resample_loops(a, data):
         idx[0] = (idx[1] + 1) % S
     C = ref_cosine(a)
     w = np.bincount(idx, minlength=S).astype(float)[None, :]
-    C_all, C_in = M._summaries(C, K, S)
-    lr, sa = M._weighted_scores(C_all, C_in, K, S, w)
+    C_all, C_in = U._summaries(C, K, S)
+    lr, sa = U._weighted_scores(C_all, C_in, K, S, w)
     ref = ref_weighted_stats(C, K, S, idx)
     close([lr[0], sa[0]], ref)
-    one = M._weighted_scores(C_all, C_in, K, S, np.ones((1, S)))  # no resampling: the data
+    one = U._weighted_scores(C_all, C_in, K, S, np.ones((1, S)))  # no resampling: the data
     close([one[0][0], one[1][0]], [ref_lrds(C, K, S), ref_sads(C, K, S)])
 
 
@@ -413,7 +414,7 @@ def test_permutation_nulls_match_explicit_relabelling(a, data):
     rng = np.random.default_rng(seed)
     pi = rng.permuted(np.tile(np.arange(K), (3, S, 1)), axis=-1)
     sigma = rng.permuted(np.tile(np.arange(S), (3, K, 1)), axis=-1)
-    lr, sa = M._lrds_null(C, K, S, pi), M._sads_null(C, K, S, sigma)
+    lr, sa = U._lrds_null(C, K, S, pi), U._sads_null(C, K, S, sigma)
     for r in range(3):
         # LRDS null: row (l, s) of the relabelled matrix is row (pi[s, l], s) of C
         rows = [pi[r, s, l] * S + s for l in range(K) for s in range(S)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lingua_ray import metrics as M
+from lingua_ray import uncertainty as U
 
 
 def reduce_stats(a):
@@ -116,9 +117,9 @@ def same(x, y):
 def test_bootstrap_is_seeded_and_shaped():
     K, S, L = 5, 12, 2
     grams, _ = structured_and_noise(K, S, L)
-    b0 = M.bootstrap_ci(grams, K, S, n_boot=300, seed=0)
-    b0_again = M.bootstrap_ci(grams, K, S, n_boot=300, seed=0)
-    b1 = M.bootstrap_ci(grams, K, S, n_boot=300, seed=1)
+    b0 = U.bootstrap_ci(grams, K, S, n_boot=300, seed=0)
+    b0_again = U.bootstrap_ci(grams, K, S, n_boot=300, seed=0)
+    b1 = U.bootstrap_ci(grams, K, S, n_boot=300, seed=1)
     r = M.scores_from_grams(grams, K, S)
     for scope in ("overall", "balanced", "per_layer"):
         for name in ("lrds", "sads"):
@@ -133,7 +134,7 @@ def test_bootstrap_is_seeded_and_shaped():
     np.testing.assert_allclose(b0["per_layer"]["lrds"].estimate, r["lrds_per_layer"], rtol=1e-9)
     # strong structure: the intervals sit well above zero
     assert b0["overall"]["sads"].lo > 0 and b0["overall"]["lrds"].lo > 0
-    b2d = M.bootstrap_ci(grams.sum(0), K, S, n_boot=300, seed=0)  # one Gram: scope 'overall' only
+    b2d = U.bootstrap_ci(grams.sum(0), K, S, n_boot=300, seed=0)  # one Gram: scope 'overall' only
     assert set(b2d) == {"overall", "n_boot", "seed", "level"}
     assert same(b2d["overall"]["sads"], b0["overall"]["sads"])
 
@@ -143,14 +144,14 @@ def test_bootstrap_interval_narrows_with_more_units():
     widths = []
     for S in (8, 80):
         a, _ = noisy_planted(K, S, L, F, 2, alpha=1.0, seed=2)
-        b = M.bootstrap_ci(reduce_stats(a)[0], K, S, n_boot=400, seed=0, per_layer=False)
+        b = U.bootstrap_ci(reduce_stats(a)[0], K, S, n_boot=400, seed=0, per_layer=False)
         widths.append(b["overall"]["sads"].hi - b["overall"]["sads"].lo)
     assert widths[1] < 0.6 * widths[0]
 
 
 def test_bootstrap_never_uses_a_single_unit_resample():
     rng = np.random.default_rng(0)
-    W = M._bootstrap_weights(2, 500, rng)  # S = 2: half of all raw draws repeat one unit
+    W = U._bootstrap_weights(2, 500, rng)  # S = 2: half of all raw draws repeat one unit
     assert np.all(W == 1) and W.shape == (500, 2)
 
 
@@ -158,8 +159,8 @@ def test_permutation_p_values():
     K, S = 5, 12
     structured, noise = structured_and_noise(K, S)
     n = 200
-    p_s = M.permutation_test(structured, K, S, n_perm=n, seed=0, per_layer=True)
-    p_n = M.permutation_test(noise, K, S, n_perm=n, seed=0)
+    p_s = U.permutation_test(structured, K, S, n_perm=n, seed=0, per_layer=True)
+    p_n = U.permutation_test(noise, K, S, n_perm=n, seed=0)
     for name in ("lrds", "sads"):
         assert p_s["overall"][name].p_value == pytest.approx(1 / (n + 1))
         assert p_s["balanced"][name].p_value < 0.01
@@ -167,8 +168,8 @@ def test_permutation_p_values():
         assert p_n["overall"][name].p_value > 0.05
         assert p_n["overall"][name].null.shape == (n,)
     assert p_s["per_layer"]["lrds"].null.shape == (2, n)
-    again = M.permutation_test(noise, K, S, n_perm=n, seed=0)
-    other = M.permutation_test(noise, K, S, n_perm=n, seed=1)
+    again = U.permutation_test(noise, K, S, n_perm=n, seed=0)
+    other = U.permutation_test(noise, K, S, n_perm=n, seed=1)
     assert np.array_equal(again["overall"]["sads"].null, p_n["overall"]["sads"].null)
     assert not np.array_equal(other["overall"]["sads"].null, p_n["overall"]["sads"].null)
     # p-value definition, recomputed from the returned null
@@ -179,15 +180,15 @@ def test_permutation_p_values():
 def test_chunking_does_not_change_results(monkeypatch):
     K, S = 5, 12
     grams, _ = structured_and_noise(K, S)
-    big_b = M.bootstrap_ci(grams, K, S, n_boot=50, seed=3)
-    big_p = M.permutation_test(grams, K, S, n_perm=50, seed=3)
+    big_b = U.bootstrap_ci(grams, K, S, n_boot=50, seed=3)
+    big_p = U.permutation_test(grams, K, S, n_perm=50, seed=3)
     a = np.random.default_rng(0).random((K, S, 3, 70)).astype(np.float32)
     norms = np.sqrt(np.einsum("ksf,ksf->ks", a.reshape(K, S, -1), a.reshape(K, S, -1), dtype=np.float64))
     big_n = M.neuron_sums(a[:, :, 1], norms)
     monkeypatch.setattr(M, "_CHUNK_ELEMS", 100)  # forces many small chunks everywhere
     monkeypatch.setattr(M, "_NEURON_CHUNK_ELEMS", 100)
-    small_b = M.bootstrap_ci(grams, K, S, n_boot=50, seed=3)
-    small_p = M.permutation_test(grams, K, S, n_perm=50, seed=3)
+    small_b = U.bootstrap_ci(grams, K, S, n_boot=50, seed=3)
+    small_p = U.permutation_test(grams, K, S, n_perm=50, seed=3)
     small_n = M.neuron_sums(a[:, :, 1], norms)
     np.testing.assert_allclose(small_b["per_layer"]["sads"].lo, big_b["per_layer"]["sads"].lo, rtol=1e-12)
     np.testing.assert_allclose(small_p["overall"]["lrds"].null, big_p["overall"]["lrds"].null, rtol=1e-12)
@@ -201,7 +202,7 @@ def test_realistic_grid_runs_quickly():
     K, S, L, F = 9, 60, 3, 8
     a, _ = noisy_planted(K, S, L, F, 0, alpha=0.5, seed=4)
     grams = reduce_stats(a)[0]
-    b = M.bootstrap_ci(grams, K, S, n_boot=1000, seed=0)
-    p = M.permutation_test(grams, K, S, n_perm=1000, seed=0)
+    b = U.bootstrap_ci(grams, K, S, n_boot=1000, seed=0)
+    p = U.permutation_test(grams, K, S, n_perm=1000, seed=0)
     assert b["overall"]["sads"].lo > 0 and p["overall"]["sads"].p_value < 0.01
     assert math.isfinite(b["overall"]["lrds"].hi)

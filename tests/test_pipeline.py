@@ -36,13 +36,7 @@ def tiny_dirs(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    import ray
-
-    schedule.init_ray(ClusterConfig(num_cpus=2))
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def make_cfg(root, out, checkpoints=("m0",), unit_block=4, stats=("mean", "pos_frac")) -> RunConfig:

@@ -36,13 +36,7 @@ def make_store(path, a: np.ndarray, label="final"):
     return st
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    import ray
-
-    schedule.init_ray(ClusterConfig(num_cpus=2))
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def cfg_for(tmp_path, store) -> RunConfig:
