@@ -196,6 +196,31 @@ def weight_hash(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+def hub_weight_hash(repo_id: str, revision: str | None) -> str:
+    """sha256 over a hub checkpoint's weight files from the hub's own file hashes, without downloading.
+
+    The driver fingerprints every checkpoint before any work: downloading a 70B model to the head
+    node just to hash it would be absurd. Offline, the local HF cache's blob names (their sha256)
+    serve instead.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+        files = {s.rfilename: (s.lfs.sha256 if s.lfs else s.blob_id) for s in info.siblings
+                 if Path(s.rfilename).suffix in (".safetensors", ".bin", ".pt")}
+        if files:
+            h = hashlib.sha256()
+            for name in sorted(files):
+                h.update(f"{name}:{files[name]}\n".encode())
+            return h.hexdigest()
+    except Exception:  # noqa: BLE001 - offline or no API access: fall back to the local cache
+        pass
+    snap = snapshot_download(repo_id, revision=revision, local_files_only=True,
+                             allow_patterns=["*.safetensors", "*.bin", "*.json"])
+    return weight_hash(snap)
+
+
 def model_fingerprint(cfg: ModelConfig, ckpt: CheckpointConfig) -> dict:
     """Config plus a weight hash for one checkpoint; JSON-able."""
     from transformers import AutoConfig
@@ -203,13 +228,7 @@ def model_fingerprint(cfg: ModelConfig, ckpt: CheckpointConfig) -> dict:
     where, revision = resolve_checkpoint(cfg, ckpt)
     conf = AutoConfig.from_pretrained(where, revision=revision, trust_remote_code=cfg.trust_remote_code)
     conf_d = {k: v for k, v in conf.to_diff_dict().items() if k not in ("transformers_version", "_name_or_path")}
-    if Path(where).is_dir():
-        weights = weight_hash(where)
-    else:
-        from huggingface_hub import snapshot_download
-
-        snap = snapshot_download(where, revision=revision, allow_patterns=["*.safetensors", "*.json"])
-        weights = weight_hash(snap)
+    weights = weight_hash(where) if Path(where).is_dir() else hub_weight_hash(where, revision)
     config_hash = hashlib.sha256(json.dumps(conf_d, sort_keys=True, default=str).encode()).hexdigest()
     return {
         "model_type": conf.model_type,

@@ -77,3 +77,39 @@ def test_resolution_and_errors():
 
 def test_trust_remote_code_off_by_default():
     assert ModelConfig().trust_remote_code is False and ModelConfig().use_safetensors is True
+
+
+def test_hub_hash_from_metadata_matches_offline_cache(tmp_path, monkeypatch):
+    """Online: the hub's LFS sha256 per file, no download. Offline: the cache's blob names. Same hash."""
+    import types
+
+    import huggingface_hub
+
+    from lingua_ray.models.loading import hub_weight_hash
+
+    sha = "cd" * 32
+    sib = [types.SimpleNamespace(rfilename="model.safetensors", lfs=types.SimpleNamespace(sha256=sha), blob_id="x"),
+           types.SimpleNamespace(rfilename="config.json", lfs=None, blob_id="y")]
+
+    class FakeApi:
+        def model_info(self, repo_id, revision=None, files_metadata=False):
+            assert files_metadata and revision == "global_step10"
+            return types.SimpleNamespace(siblings=sib)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    online = hub_weight_hash("org/model", "global_step10")
+
+    blob = tmp_path / "blobs" / sha
+    blob.parent.mkdir()
+    blob.write_bytes(b"w")
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    os.symlink(blob, snap / "model.safetensors")
+
+    class Offline:
+        def model_info(self, *a, **k):
+            raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(snap))
+    assert hub_weight_hash("org/model", "global_step10") == online
