@@ -62,10 +62,26 @@ def tiny_config(model_type: str):
     if model_type == "gpt_neox":
         return GPTNeoXConfig(hidden_size=16, intermediate_size=28, num_hidden_layers=2, num_attention_heads=2,
                              max_position_embeddings=256, **_COMMON)
+    extra = {
+        "qwen3": ("Qwen3Config", dict(head_dim=8)),
+        "gemma": ("GemmaConfig", dict(head_dim=8)),
+        "gemma2": ("Gemma2Config", dict(head_dim=8, sliding_window=4)),
+        "olmo": ("OlmoConfig", {}),
+        "olmo2": ("Olmo2Config", {}),
+        "phi3": ("Phi3Config", dict(sliding_window=None)),
+    }
+    if model_type in extra:
+        import transformers
+
+        name, kw = extra[model_type]
+        return getattr(transformers, name)(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=2,
+                                           max_position_embeddings=256, **kw, **_COMMON)
     raise KeyError(model_type)
 
 
-TINY_TYPES = ["llama", "mistral", "qwen2", "gemma3_text", "bloom", "gpt2", "gpt_neox"]
+TINY_TYPES = ["llama", "mistral", "qwen2", "gemma3_text", "bloom", "gpt2", "gpt_neox",
+              "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3"]
 
 
 def tiny_model(model_type: str, seed: int = 0):

@@ -119,6 +119,35 @@ class TestGPTNeoX(AdapterConformance):
     model_type = "gpt_neox"
 
 
+class TestQwen3(AdapterConformance):
+    model_type = "qwen3"
+
+
+class TestGemma(AdapterConformance):
+    model_type = "gemma"
+
+
+class TestGemma2(AdapterConformance):
+    model_type = "gemma2"
+
+
+class TestOlmo(AdapterConformance):
+    model_type = "olmo"
+
+
+class TestOlmo2(AdapterConformance):
+    model_type = "olmo2"
+
+
+class TestPhi3(AdapterConformance):
+    model_type = "phi3"
+
+
+def test_every_registered_family_is_tested():
+    tested = {c.model_type for c in AdapterConformance.__subclasses__()}
+    assert tested == set(ADAPTERS)
+
+
 def test_every_tested_family_is_registered():
     tested = {c.model_type for c in AdapterConformance.__subclasses__()}
     assert tested <= set(ADAPTERS)
