@@ -79,7 +79,11 @@ def record(cfg: RunConfig) -> dict:
     C, K, S = store.shape[:3]
     stats = schedule.record(path, cfg.cluster, cfg.model, cfg.capture, missing, C * K * S)
     stats["store_bytes"] = _du(path)
-    _write_json(Path(cfg.run.out_dir) / "record_stats.json", stats)
+    stats["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # One entry per invocation: a resume must not overwrite the first run's throughput numbers.
+    hist_path = Path(cfg.run.out_dir) / "record_stats.json"
+    history = json.loads(hist_path.read_text()) if hist_path.exists() else []
+    _write_json(hist_path, (history if isinstance(history, list) else [history]) + [stats])
     return stats
 
 

@@ -73,6 +73,8 @@ def test_record_resume_equals_uninterrupted(tiny_dirs, tmp_path):
     for name in ("activations", "activations_pos_frac", "n_tokens", "cell_crc32"):
         np.testing.assert_allclose(a.group[name][:], b.group[name][:], rtol=0, atol=1e-6)
     assert pipeline.record(part)["units_recorded"] == 0  # a third run has nothing to do
+    history = json.loads((tmp_path / "part" / "record_stats.json").read_text())
+    assert [h["units_recorded"] for h in history] == [again["units_recorded"], 0]  # resumes keep history
 
 
 def _spec(cfg):
