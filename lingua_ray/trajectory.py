@@ -381,6 +381,7 @@ def _train(cfg, root: Path, tok, train, held, manifest: dict, missing: list[int]
                               f"fewer than batch_size={cfg.batch_size}")
     # Shuffled like the training data, so the first eval_blocks mix languages (held-out texts come language-major).
     eval_blocks = pack(tok, held, cfg.seq_len, cfg.seed)[: cfg.eval_blocks] if held else np.empty((0, cfg.seq_len))
+    manifest["data"].update(train_blocks=len(blocks), train_tokens=int(blocks.size))
     model = init_model(cfg, tok)
     opt = make_optimizer(cfg, model)
     start, recent = 0, []

@@ -254,4 +254,5 @@ def test_printed_override_composes(straight):
     ckpts = train_trajectory(tiny(straight, [0, 4]), TEXTS, HELD)
     cfg = _compose(["model=tiny-trajectory", hydra_override(ckpts)])
     assert [dataclasses.asdict(c) for c in cfg.model.checkpoints] == ckpts
-    assert json.loads((straight / MANIFEST).read_text())["data"] == {"source": "injected"}
+    data = json.loads((straight / MANIFEST).read_text())["data"]
+    assert data["source"] == "injected" and data["train_tokens"] == data["train_blocks"] * 32
