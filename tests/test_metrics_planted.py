@@ -9,18 +9,9 @@ import pytest
 
 from lingua_ray import metrics as M
 from lingua_ray import uncertainty as U
+from metric_helpers import reduce_stats
 
 
-def reduce_stats(a):
-    """a (K, S, L, F) -> grams (L, N, N), sum_x, sum_x2 (K, L, F), by the reducer's route."""
-    K, S, L, F = a.shape
-    grams = np.stack([a[:, :, i, :].reshape(K * S, F) @ a[:, :, i, :].reshape(K * S, F).T for i in range(L)])
-    norms = M.unit_norms(grams, K, S)
-    sx = np.empty((K, L, F))
-    sx2 = np.empty((K, L, F))
-    for i in range(L):
-        sx[:, i], sx2[:, i] = M.neuron_sums(a[:, :, i, :], norms)
-    return grams, sx, sx2
 
 
 def planted_mask(K, L, F, p):
