@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lingua_ray import metrics, pipeline, schedule
+from lingua_ray import pipeline, schedule
 from lingua_ray.config import ClusterConfig, ReduceConfig, RunConfig, RunInfo, StoreConfig
 from lingua_ray.store import ActivationStore, GridSpec
 
