@@ -17,7 +17,7 @@ import numpy as np
 
 import lingua_ray
 from lingua_ray import metrics, uncertainty
-from lingua_ray.config import RunConfig, resolved
+from lingua_ray.config import RunConfig, fingerprint, resolved
 from lingua_ray.corpus import ParallelCorpus, load_corpus
 from lingua_ray.models.loading import model_fingerprint, torch_dtype
 from lingua_ray.store import ActivationStore, GridSpec
@@ -175,7 +175,7 @@ def reduce(cfg: RunConfig) -> dict:
         "schema_version": 1,
         "run": {"name": cfg.run.name, "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "store": path, "config": resolved(cfg),
-                "model_fingerprint": _hash(fps), "corpus_fingerprint": _hash(m["languages"]),
+                "model_fingerprint": fingerprint(fps), "corpus_fingerprint": fingerprint(m["languages"]),
                 "lingua_ray_version": lingua_ray.__version__},
         "grid": {"languages": languages, "n_units": S, "n_layers": L, "n_neurons": F,
                  "checkpoints": [{"label": e["label"], "revision": e["revision"], "step": e["step"]}
@@ -189,12 +189,6 @@ def reduce(cfg: RunConfig) -> dict:
     }
     write_results(results, cfg.run.out_dir)
     return results
-
-
-def _hash(obj) -> str:
-    from lingua_ray.config import fingerprint
-
-    return fingerprint(obj)
 
 
 def ablate(cfg: RunConfig) -> dict:

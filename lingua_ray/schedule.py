@@ -4,9 +4,10 @@ Work units are (checkpoint, language, unit block) for recording and
 (checkpoint, mask, language) for ablation. Each actor holds one model replica
 and loads a checkpoint only when its next unit needs another one; the driver
 hands an idle actor more work from the checkpoint it already holds, so
-checkpoints are reloaded rarely. Actors write results straight to the store
-(or to one JSON file per ablation unit); every write is idempotent, so actor
-restarts and task retries are safe and a re-run resumes.
+checkpoints are reloaded rarely. Recorders write their blocks straight to the
+store; evaluators return their perplexity and the driver writes one JSON file
+per evaluation unit (a worker node's disk may not be the driver's). Every write
+is idempotent, so actor restarts and task retries are safe and a re-run resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def init_ray(cfg: ClusterConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
         return
-    # The package is shipped to workers by path so a laptop run needs no install in the workers.
+    # Local workers run in this interpreter's environment; on a cluster the runtime env or image does.
     ray.init(
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.include_dashboard,
