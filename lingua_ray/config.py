@@ -156,12 +156,15 @@ class StoreConfig:
     path: a local path or an fsspec URL (s3://, gs://) reachable from every node;
         None = ``<run.out_dir>/activations.zarr``.
     unit_block: units per work unit; one shard holds one block of one (checkpoint, language).
-    verify_on_resume: recompute every finished cell's checksum before trusting it.
+    verify_on_resume: recompute every finished cell's checksum before trusting it (presence and
+        size of every shard are always checked).
+    lease_ttl_s: a writer's lease (``<store>.lease``) expires this long after its last heartbeat.
     """
 
     path: Optional[str] = None
     unit_block: int = 16
     verify_on_resume: bool = False
+    lease_ttl_s: float = 120.0
 
 
 @dataclass

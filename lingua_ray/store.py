@@ -131,6 +131,9 @@ class ActivationStore:
         for name, dtype, fill in (("n_tokens", "int32", 0), ("cell_crc32", "int64", -1)):
             g.create_array(name, shape=(C, K, S), chunks=(1, 1, B), dtype=dtype, fill_value=fill,
                            dimension_names=DIMS[:3])
+        n_blocks = -(-S // B)
+        g.create_array("shard_bytes", shape=(C, K, n_blocks), chunks=(1, 1, n_blocks), dtype="int64", fill_value=-1,
+                       dimension_names=("checkpoint", "language", "block"))
         g.create_array("checkpoint", shape=(C,), chunks=(1024,), dtype=str, dimension_names=("checkpoint",))
         g.create_array("checkpoint_revision", shape=(C,), chunks=(1024,), dtype=str, dimension_names=("checkpoint",))
         g.create_array("checkpoint_step", shape=(C,), chunks=(1024,), dtype="int64", fill_value=-1,
@@ -195,7 +198,8 @@ class ActivationStore:
     def _append(self, spec: GridSpec, checkpoints: list[dict], languages: list[str], c0: int, k0: int) -> None:
         g = self.group
         C, K = c0 + len(checkpoints), k0 + len(languages)
-        for name in list(self.manifest["arrays"].values()) + ["n_tokens", "cell_crc32"]:
+        extra = ["shard_bytes"] if "shard_bytes" in g else []  # stores made before it have no size check
+        for name in list(self.manifest["arrays"].values()) + ["n_tokens", "cell_crc32"] + extra:
             a = g[name]
             if a.shape[:2] != (C, K):
                 a.resize((C, K) + tuple(a.shape[2:]))  # growth only touches metadata
@@ -286,21 +290,79 @@ class ActivationStore:
         return self.group["cell_crc32"][:] >= 0
 
     def missing_blocks(self, verify: bool = False) -> Iterator[tuple[str, str, int, int]]:
-        """(checkpoint, language, s0, s1) work units with any cell unfinished (or failing its checksum)."""
+        """(checkpoint, language, s0, s1) work units that need recording.
+
+        A block is done only when every cell's completion marker is written AND its shards are
+        present with the byte size the writer recorded (a cheap stat per shard, always); with
+        ``verify`` also when every cell's data matches its checksum. A partly marked block is
+        not done.
+        """
         done = self.done()
-        for c, ck in enumerate(self.checkpoints):
+        sizes = self.group["shard_bytes"][:] if "shard_bytes" in self.group else None
+        for ck in self.checkpoints:
+            c = self._index(ck, self.languages[0])[0]
             for k, lang in enumerate(self.languages):
-                for s0, s1 in self.blocks():
+                for b, (s0, s1) in enumerate(self.blocks()):
                     ok = bool(done[c, k, s0:s1].all())
+                    if ok:
+                        ok = self._shards_intact(c, k, b, None if sizes is None else int(sizes[c, k, b]))
                     if ok and verify:
                         ok = self.verify_block(ck, lang, s0, s1)
                     if not ok:
                         yield ck, lang, s0, s1
 
+    def shard_files(self, c: int, k: int, b: int) -> list[str]:
+        """Store keys of the shards holding block b of (checkpoint index c, language index k)."""
+        return [f"{stat_array(s)}/c/{c}/{k}/{b}/0/0" for s in self.statistics]
+
+    def _shard_bytes(self, c: int, k: int, b: int) -> int | None:
+        """Total bytes of the block's shards; None when any is missing."""
+        from zarr.core.sync import sync
+
+        total = 0
+        for key in self.shard_files(c, k, b):
+            try:
+                total += int(sync(self.group.store.getsize(key)))
+            except (FileNotFoundError, KeyError, OSError):
+                return None
+        return total
+
+    def _shards_intact(self, c: int, k: int, b: int, want: int | None) -> bool:
+        got = self._shard_bytes(c, k, b)
+        return got is not None and (want is None or want < 0 or got == want)
+
+    def invalidate_block(self, checkpoint: str, language: str, s0: int, s1: int) -> None:
+        """Clear a block's completion markers, then delete its shards (driver, before re-recording):
+        zarr reads a shard back before rewriting it, so a torn one would break the repair itself."""
+        from zarr.core.sync import sync
+
+        c, k = self._index(checkpoint, language)
+        self.group["cell_crc32"][c, k, s0:s1] = -1
+        for key in self.shard_files(c, k, s0 // self.manifest["unit_block"]):
+            sync(self.group.store.delete(key))
+
     def read_layer(self, checkpoint: str, layer: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, S, F): one layer of one checkpoint — one chunk per block and language."""
         c = self._index(checkpoint, self.languages[0])[0]
-        return self.group[stat_array(stat)][c, :, :, layer, :]
+        try:
+            return self.group[stat_array(stat)][c, :, :, layer, :]
+        except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
+            raise self._locate_damage(checkpoint, c, layer, stat, e) from e
+
+    def _locate_damage(self, checkpoint: str, c: int, layer: int, stat: str, err: Exception) -> StoreError:
+        arr = self.group[stat_array(stat)]
+        for k, lang in enumerate(self.languages):
+            for b, (s0, s1) in enumerate(self.blocks()):
+                try:
+                    arr[c, k, s0:s1, layer, :]
+                except Exception:  # noqa: BLE001
+                    return StoreError(
+                        f"damaged data in store {self.path!r}: checkpoint={checkpoint} language={lang} units "
+                        f"{self.unit_ids[s0]}..{self.unit_ids[s1 - 1]} layer={layer}, file "
+                        f"{self.shard_files(c, k, b)[self.statistics.index(getattr(stat, 'value', stat))]} "
+                        f"({type(err).__name__}: {err}). Repair: re-run the record stage with "
+                        "store.verify_on_resume=true (only damaged blocks are re-recorded)")
+        return StoreError(f"store {self.path!r}: reading checkpoint={checkpoint} layer={layer} failed: {err}")
 
     def read_layer_block(self, checkpoint: str, layer: int, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, s1 - s0, F): units s0:s1 of one layer of one checkpoint."""
@@ -320,8 +382,13 @@ class ActivationStore:
         return list(self.group["text"][self._index(self.checkpoints[0], language)[1]])
 
     def verify_block(self, checkpoint: str, language: str, s0: int, s1: int) -> bool:
+        """True when every cell of the block reads back and matches its checksum (never raises on
+        damaged data: a shard that fails to decode is simply not verified)."""
         c, k = self._index(checkpoint, language)
-        data = [self.group[stat_array(s)][c, k, s0:s1] for s in self.statistics]
+        try:
+            data = [self.group[stat_array(s)][c, k, s0:s1] for s in self.statistics]
+        except Exception:  # noqa: BLE001 - zarr raises ValueError/OSError/codec errors on torn shards
+            return False
         want = self.group["cell_crc32"][c, k, s0:s1]
         return all(cell_checksum([d[i] for d in data]) == want[i] for i in range(s1 - s0))
 
@@ -350,6 +417,8 @@ class ActivationStore:
                                  f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]}: refusing to store it")
             self.group[stat_array(name)][c, k, s0:s0 + n] = a.astype(np.float32, copy=False)
         self.group["n_tokens"][c, k, s0:s0 + n] = n_tokens.astype(np.int32)
+        if "shard_bytes" in self.group:
+            self.group["shard_bytes"][c, k, s0 // B] = self._shard_bytes(c, k, s0 // B)
         crcs = np.array([cell_checksum([stats[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
         self.group["cell_crc32"][c, k, s0:s0 + n] = crcs
 

@@ -136,3 +136,91 @@ def test_verify_detects_corruption(tmp_path):
 def test_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="no activation store"):
         ActivationStore(str(tmp_path / "nope.zarr"))
+
+
+# ---- damaged data and write order (issue 8) ----
+
+def _filled(tmp_path, B=2):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=B)
+    fill(st)
+    assert list(st.missing_blocks()) == []
+    return st
+
+
+def _shard(tmp_path, st, stat="mean", k=0, b=1):
+    return tmp_path / "s.zarr" / st.shard_files(0, k, b)[st.statistics.index(stat)]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "grow"])
+def test_damaged_shard_is_found_without_verify(tmp_path, damage):
+    st = _filled(tmp_path)
+    f = _shard(tmp_path, st)
+    data = f.read_bytes()
+    if damage == "truncate":
+        f.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        f.unlink()
+    else:
+        f.write_bytes(data + b"\0")
+    assert list(st.missing_blocks()) == [("final", "en", 2, 4)]
+
+
+def test_same_size_corruption_needs_verify_and_never_crashes(tmp_path):
+    st = _filled(tmp_path)
+    f = _shard(tmp_path, st)
+    data = bytearray(f.read_bytes())
+    data[5] ^= 0xFF  # same size: only the checksum can tell
+    f.write_bytes(bytes(data))
+    assert list(st.missing_blocks()) == []
+    assert list(st.missing_blocks(verify=True)) == [("final", "en", 2, 4)]
+    f.write_bytes(bytes(data[: len(data) // 3]))  # torn: verify must report it, not raise
+    assert list(st.missing_blocks(verify=True)) == [("final", "en", 2, 4)]
+
+
+def test_reading_damaged_data_names_cell_file_and_repair(tmp_path):
+    st = _filled(tmp_path)
+    f = _shard(tmp_path, st, k=1, b=0)
+    f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(StoreError) as err:
+        st.read_layer("final", 1)
+    msg = str(err.value)
+    assert "language=fr" in msg and "u0..u1" in msg and "activations/c/0/1/0/0/0" in msg
+    assert "store.verify_on_resume=true" in msg
+
+
+def test_repair_rewrites_only_the_damaged_block(tmp_path):
+    st = _filled(tmp_path)
+    before = st.group["activations"][:]
+    f = _shard(tmp_path, st)
+    f.write_bytes(f.read_bytes()[:7])
+    for blk in st.missing_blocks():
+        st.invalidate_block(*blk)
+    assert not st.done()[0, 0, 2:4].any() and st.done()[0, 0, :2].all()
+    fill(st)
+    np.testing.assert_array_equal(st.group["activations"][:], before)
+    assert list(st.missing_blocks(verify=True)) == []
+
+
+def test_write_order_data_then_tokens_then_markers(tmp_path, monkeypatch):
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
+    order = []
+    import zarr
+
+    real = zarr.Array.__setitem__
+
+    def spy(self, sel, value):
+        order.append(self.basename)
+        return real(self, sel, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", spy)
+    stats, ntok = fake("final", "en", 0, 2)
+    st.write_block("final", "en", 0, stats, ntok)
+    assert order.index("cell_crc32") == len(order) - 1, order  # markers strictly last
+    assert max(order.index("activations"), order.index("activations_last")) < order.index("n_tokens")
+    assert order.index("n_tokens") < order.index("shard_bytes") < order.index("cell_crc32")
+
+
+def test_partly_marked_block_is_not_done(tmp_path):
+    st = _filled(tmp_path)
+    st.group["cell_crc32"][0, 1, 3] = -1  # one cell of block (2, 4) lost its marker
+    assert list(st.missing_blocks()) == [("final", "fr", 2, 4)]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lingua_ray import atomic, schedule
 from lingua_ray.config import RunConfig, resolved
+from lingua_ray.lease import StoreLease
 from lingua_ray.stages.inputs import corpora, store_identity, store_path
 from lingua_ray.store import ActivationStore, GridSpec
 
@@ -57,8 +58,17 @@ def grid_spec(cfg: RunConfig) -> GridSpec:
 
 def run(cfg: RunConfig) -> RecordResult:
     path = store_path(cfg)
-    store = ActivationStore.create_or_extend(path, grid_spec(cfg), cfg.store.unit_block)
+    spec = grid_spec(cfg)
+    # One writer per store: creation, growth and recording all happen under the lease.
+    with StoreLease(path, run=cfg.run.name, ttl_s=cfg.store.lease_ttl_s):
+        return _run(cfg, path, spec)
+
+
+def _run(cfg: RunConfig, path: str, spec: GridSpec) -> RecordResult:
+    store = ActivationStore.create_or_extend(path, spec, cfg.store.unit_block)
     missing = list(store.missing_blocks(verify=cfg.store.verify_on_resume))
+    for block in missing:  # a damaged block is re-recorded from scratch: its old markers go first
+        store.invalidate_block(*block)
     C, K, S = store.shape[:3]
     out = RecordResult(units_total=C * K * S)
     units = [schedule.WorkUnit(ck, (lang, s0, s1)) for ck, lang, s0, s1 in missing]

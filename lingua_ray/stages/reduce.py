@@ -14,6 +14,7 @@ import numpy as np
 import lingua_ray
 from lingua_ray import metrics, schedule, uncertainty
 from lingua_ray.config import KeyMode, RunConfig, fingerprint, resolved
+from lingua_ray.lease import StoreLease
 from lingua_ray.results import write_results
 from lingua_ray.stages.inputs import store_path
 from lingua_ray.store import ActivationStore
@@ -85,6 +86,12 @@ def sufficient_statistics(cfg: RunConfig, path: str, checkpoint: str, L: int, K:
 
 def run(cfg: RunConfig) -> dict:
     path = store_path(cfg)
+    ActivationStore(path)  # a missing store is refused before the lease file is made
+    with StoreLease(path, run=cfg.run.name, ttl_s=cfg.store.lease_ttl_s):  # it writes the key arrays
+        return _run(cfg, path)
+
+
+def _run(cfg: RunConfig, path: str) -> dict:
     store = ActivationStore(path, mode="r+")
     missing = list(store.missing_blocks())
     if missing:
