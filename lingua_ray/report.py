@@ -1,4 +1,4 @@
-"""One self-contained HTML report per run, from a results dict (see results.py).
+"""One self-contained HTML report per run, from a results dict or model (see results.py).
 
 Everything is inline: CSS in a <style> element, figures as base64 PNG data URIs drawn with
 matplotlib's Agg canvas, no scripts and no external URLs, so the file opens anywhere and can
@@ -14,7 +14,6 @@ import html
 import io
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,7 +21,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lingua_ray.results import atomic_write_text, normalize_results, validate_results
+from lingua_ray import atomic
+from lingua_ray.results import normalize_results, validate_results
+from lingua_ray.specificity import mask_means
 
 DPI = 80
 MAX_SELECTED = 3  # checkpoints drawn as heatmaps: first, middle, last
@@ -202,21 +203,13 @@ def _fig_evolution(cps: list[dict]) -> Figure:
 
 
 def _ablation_matrix(cp: dict, langs: list[str]) -> tuple[list[str], list[list[float]], list[list[float | None]]]:
-    """Rows (mask names), mean log PPL ratio per eval language and the sd over random repeats."""
-    ev = cp["eval_languages"]
-    by_mask: dict[str, list[dict]] = {}
-    for r in cp["rows"]:
-        by_mask.setdefault(r["mask"], []).append(r)
-    names, means, sds = [], [], []
+    """Rows (mask names), mean log PPL ratio per eval language and the sd over random repeats (None: < 2)."""
     order = ["none"] + [f"{kind}:{l}" for l in langs for kind in ("key", "random")]
-    for mask in order:
-        rows = by_mask.get(mask)
-        if not rows:
-            continue
-        vals = [[r["log_ppl_ratio"][e] for r in rows] for e in ev]
-        names.append(mask if len(rows) == 1 else f"{mask} (mean of {len(rows)})")
-        means.append([statistics.fmean(v) for v in vals])
-        sds.append([statistics.stdev(v) if len(v) > 1 else None for v in vals])
+    names, means, sds = [], [], []
+    for mask, n, mean, sd in mask_means(cp["rows"], cp["eval_languages"], order):
+        names.append(mask if n == 1 else f"{mask} (mean of {n})")
+        means.append(mean)
+        sds.append([None if math.isnan(x) else x for x in sd])
     return names, means, sds
 
 
@@ -438,7 +431,7 @@ details{margin:.4em 0}summary{cursor:pointer;color:#345}code{font-size:.9em}
 
 
 def render_report(results: dict) -> str:
-    """The report as one HTML string; ``results`` must satisfy results.validate_results."""
+    """The report as one HTML string; ``results`` (a dict or a results.Results) must satisfy validate_results."""
     validate_results(results)
     d = normalize_results(results, nan_to_null=True)
     sel = select_checkpoints(len(d["checkpoints"]))
@@ -458,5 +451,5 @@ def write_report(results: dict, out_path: str | os.PathLike) -> Path:
     if p.is_dir():
         p = p / "report.html"
     p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, render_report(results))
+    atomic.write_text(p, render_report(results))
     return p

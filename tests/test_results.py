@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lingua_ray import results as R
-from lingua_ray.results import ResultsError, compute_specificity, load_results, validate_results, write_results
+from lingua_ray.results import ResultsError, load_results, validate_results, write_results
+from lingua_ray.specificity import specificity_table
 from results_fixtures import block_means, make_ablation_checkpoint, make_results, naive_block_means, naive_specificity
 
 
@@ -235,10 +236,10 @@ def test_load_rejects_nan_literal_and_names_the_file(tmp_path):
 def test_specificity_with_single_eval_language_and_no_random_rows():
     rng = np.random.default_rng(0)
     cp = make_ablation_checkpoint("c", ["a", "b", "c"], ["a"], 0, rng, 100)
-    spec = compute_specificity(cp["rows"], cp["eval_languages"])
+    spec = specificity_table(cp["rows"], cp["eval_languages"])
     assert list(spec) == ["a"]  # b and c have key masks but no PPL in their own language
-    assert spec["a"]["other_mean_log_ratio"] is None and spec["a"]["specificity"] is None
-    assert spec["a"]["random_own_log_ratio_mean"] is None and spec["a"]["random_specificity_sd"] is None
+    assert math.isnan(spec["a"]["other_mean_log_ratio"]) and math.isnan(spec["a"]["specificity"])
+    assert math.isnan(spec["a"]["random_own_log_ratio_mean"]) and math.isnan(spec["a"]["random_specificity_sd"])
     d = make_results(languages=["a", "b", "c"], R=0)
     d["ablation"]["checkpoints"][0] = {**cp, "label": d["grid"]["checkpoints"][0]["label"]}
     validate_results(d)
@@ -246,16 +247,70 @@ def test_specificity_with_single_eval_language_and_no_random_rows():
 
 @settings(max_examples=40, deadline=None)
 @given(n_lang=st.integers(2, 4), n_eval=st.integers(1, 4), R_=st.integers(0, 3), seed=st.integers(0, 10 ** 6))
-def test_compute_specificity_matches_naive_loops(n_lang, n_eval, R_, seed):
+def test_specificity_table_matches_naive_loops(n_lang, n_eval, R_, seed):
     rng = np.random.default_rng(seed)
     langs = [f"x{i}" for i in range(n_lang)]
     ev = [langs[i] for i in sorted(rng.choice(n_lang, size=min(n_eval, n_lang), replace=False))]
     cp = make_ablation_checkpoint("c", langs, ev, R_, rng, 200)
-    fast, slow = compute_specificity(cp["rows"], ev), naive_specificity(cp["rows"], ev)
+    fast, slow = specificity_table(cp["rows"], ev), naive_specificity(cp["rows"], ev)
     assert list(fast) == list(slow)
     for lang in fast:
         for k, v in slow[lang].items():
             if v is None:
-                assert fast[lang][k] is None, (lang, k)
+                assert math.isnan(fast[lang][k]), (lang, k)
             else:
                 assert math.isclose(fast[lang][k], v, rel_tol=1e-12, abs_tol=1e-12), (lang, k)
+
+
+def test_validate_returns_the_typed_model():
+    d = make_results()
+    m = validate_results(d)
+    assert isinstance(m, R.Results) and isinstance(m.checkpoints[0].overall.lrds, R.Stat)
+    assert m.checkpoints[1].per_layer.lrds[3].value == d["checkpoints"][1]["per_layer"]["lrds"][3]["value"]
+    assert m.ablation.checkpoints[0].specificity["l0"].specificity == d["ablation"]["checkpoints"][0]["specificity"]["l0"]["specificity"]
+    assert validate_results(m) == m  # a model is accepted, and checked again
+
+
+@pytest.mark.parametrize("ablation", [True, False])
+def test_a_model_writes_the_same_bytes_as_its_dict(tmp_path, ablation):
+    d = make_results(ablation=ablation)
+    d["checkpoints"][0]["overall"]["lrds"]["p_value"] = NAN  # nullable: stored as None in the model, null in both
+    write_results(d, tmp_path / "dict")
+    write_results(validate_results(d), tmp_path / "model")
+    names = sorted(os.listdir(tmp_path / "dict"))
+    assert names == sorted(os.listdir(tmp_path / "model"))
+    for name in names:
+        assert (tmp_path / "dict" / name).read_bytes() == (tmp_path / "model" / name).read_bytes(), name
+
+
+def test_a_mutated_model_is_checked_again_on_write(tmp_path):
+    m = validate_results(make_results(ablation=False))
+    m.checkpoints[0].per_layer.norm_share[0] = 0.9  # models are not frozen; write_results re-validates
+    with pytest.raises(ResultsError, match=r"checkpoints\[0\]\.per_layer\.norm_share: sums"):
+        write_results(m, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_stages_can_build_models_from_numpy_and_config_enums():
+    from pydantic import ValidationError
+
+    from lingua_ray.config import KeyMode
+
+    st_ = R.Stat(value=np.float32(0.5), ci=(0.25, np.float64(0.75)), p_value=np.nan)
+    assert st_.model_dump() == {"value": 0.5, "ci": [0.25, 0.75], "p_value": None}
+    s = R.Settings(tau=2.0, key_mode=KeyMode.zscore, top_fraction=None, n_boot=np.int64(10), n_perm=0, seed=0,
+                   ci_level=0.95)
+    assert s.key_mode == "zscore" and type(s.key_mode) is str and s.n_boot == 10
+    with pytest.raises(ValidationError, match=r"ci: lo 0.75 > hi 0.25"):
+        R.Stat(value=0.5, ci=[0.75, 0.25], p_value=None)
+    with pytest.raises(ValidationError):
+        R.Stat(value=math.inf, ci=None, p_value=None)  # a required float must be finite
+
+
+def test_enum_in_a_dict_is_written_as_its_value(tmp_path):
+    from lingua_ray.config import KeyMode
+
+    d = make_results(ablation=False)
+    d["settings"]["key_mode"] = KeyMode.zscore
+    text = write_results(d, tmp_path).read_text()
+    assert '"key_mode": "zscore"' in text
