@@ -30,14 +30,12 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 import tracemalloc
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from lingua_ray.metrics import key_neuron_scores, neuron_sums  # noqa: E402
+from lingua_ray.metrics import key_neuron_scores, neuron_sums  # the installed package (pip install -e .)
 
 MEM_ROWS = 3
 REPEATS = 3

@@ -1,4 +1,4 @@
-"""Corpus source registry: a name → loader table, filled by `@register_source`.
+"""Corpus source registry: a `Registry` of name → loader, filled by `@register_source`.
 
 A loader takes a `CorpusConfig` and returns a `ParallelCorpus` whose languages are
 ``cfg.languages`` in order. `load_corpus` applies ``max_units`` and checks that contract,
@@ -7,33 +7,29 @@ so each loader only has to get the alignment right.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
+from lingua_ray.registry import Registry
+
 from .base import CorpusError, ParallelCorpus, check_languages
 from .config import CorpusConfig
 
 Loader = Callable[[CorpusConfig], ParallelCorpus]
 
-CORPUS_SOURCES: dict[str, Loader] = {}
+# Unknown names raise CorpusError, so callers of load_corpus catch one exception type.
+CORPUS_SOURCES: Registry[Loader] = Registry("corpus source", error=CorpusError)
 
 
 def register_source(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: register `fn` as the loader of source `name` (a name can be taken once)."""
-    if not isinstance(name, str) or not name:
-        raise CorpusError(f"source name must be a non-empty str, got {name!r}")
-
-    def deco(fn: Loader) -> Loader:
-        if name in CORPUS_SOURCES and CORPUS_SOURCES[name] is not fn:
-            raise CorpusError(f"corpus source {name!r} is already registered ({CORPUS_SOURCES[name].__qualname__})")
-        CORPUS_SOURCES[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register `fn` as the loader of source `name` (a name can be taken once;
+    registering the same function again is harmless)."""
+    if not isinstance(name, str) or not name:  # fail at the decorator line, not at decoration
+        raise CorpusError(f"corpus source name must be a non-empty str, got {name!r}")
+    return CORPUS_SOURCES.decorator(name)
 
 
 def _as_config(cfg: Any) -> CorpusConfig:
@@ -58,14 +54,9 @@ def _as_config(cfg: Any) -> CorpusConfig:
 
 
 def get_source(name: str) -> Loader:
-    """The loader of `name`; an unknown name lists the registered ones and the closest match."""
-    try:
-        return CORPUS_SOURCES[name]
-    except (KeyError, TypeError):
-        known = sorted(CORPUS_SOURCES)
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise CorpusError(f"unknown corpus source {name!r}; registered sources: {known}.{hint}") from None
+    """The loader of `name`; an unknown name raises CorpusError listing the registered ones
+    and the closest match."""
+    return CORPUS_SOURCES.get(name)
 
 
 def load_corpus(cfg: CorpusConfig | Mapping[str, Any]) -> ParallelCorpus:

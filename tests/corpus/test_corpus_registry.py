@@ -8,6 +8,7 @@ from lingua_ray.corpus import (
     CorpusConfig,
     CorpusError,
     ParallelCorpus,
+    get_source,
     load_corpus,
     register_source,
 )
@@ -25,7 +26,7 @@ def temp_source():
     name = "_test_synthetic"
     register_source(name)(synthetic)
     yield name
-    CORPUS_SOURCES.pop(name, None)
+    CORPUS_SOURCES.unregister(name)
 
 
 def test_builtin_sources_registered():
@@ -33,10 +34,10 @@ def test_builtin_sources_registered():
 
 
 def test_unknown_source_lists_registered_and_suggests():
-    expected = r"unknown corpus source 'udhrr'; registered sources: \[.*'quran'.*\]\. Did you mean 'udhr'\?"
+    expected = r"unknown corpus source 'udhrr'; valid: .*\bquran\b.*\. Did you mean 'udhr'\?"
     with pytest.raises(CorpusError, match=expected):
         load_corpus(CorpusConfig(source="udhrr"))
-    with pytest.raises(CorpusError, match=r"unknown corpus source 'zzzzzzzz'.*'jsonl'") as e:
+    with pytest.raises(CorpusError, match=r"unknown corpus source 'zzzzzzzz'.*\bjsonl\b") as e:
         load_corpus(CorpusConfig(source="zzzzzzzz"))
     assert "Did you mean" not in str(e.value)
 
@@ -45,6 +46,17 @@ def test_register_source_twice_is_an_error(temp_source):
     register_source(temp_source)(synthetic)  # the same function again: harmless
     with pytest.raises(CorpusError, match="already registered"):
         register_source(temp_source)(lambda cfg: synthetic(cfg))
+    assert get_source(temp_source) is synthetic
+    with pytest.raises(CorpusError, match="non-empty str"):
+        register_source("")
+
+
+def test_sources_table_is_a_registry():
+    from lingua_ray.registry import Registry
+
+    assert isinstance(CORPUS_SOURCES, Registry) and CORPUS_SOURCES.error is CorpusError
+    with pytest.raises(CorpusError, match=r"Did you mean 'quran'"):
+        get_source("quaran")
 
 
 def test_max_units_is_a_seeded_draw_in_corpus_order(temp_source):
@@ -79,7 +91,7 @@ def test_loader_breaking_the_language_contract_is_caught():
         with pytest.raises(CorpusError, match=r"returned languages \['fr', 'en'\], asked for \['en', 'fr'\]"):
             load_corpus(CorpusConfig(source="_test_bad", languages=["en", "fr"]))
     finally:
-        CORPUS_SOURCES.pop("_test_bad")
+        CORPUS_SOURCES.unregister("_test_bad")
 
 
 def test_config_defaults_and_hydra_structured(temp_source):

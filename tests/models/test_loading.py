@@ -1,11 +1,21 @@
+"""Loading checkpoints, weight fingerprints, and the dtype/source choices."""
+
 import os
 
 import pytest
 import torch
 
-from lingua_ray.models.loading import (CheckpointConfig, ModelConfig, ModelLoadError, load_checkpoint,
-                                       model_fingerprint, resolve_checkpoint, torch_dtype, weight_hash)
-from tiny import tiny_model, tiny_tokenizer
+from lingua_ray import config
+from lingua_ray.models.loading import (GGUF_PACKAGES, CheckpointConfig, DType, ModelConfig, ModelLoadError,
+                                       ModelSource, load_checkpoint, model_fingerprint, resolve_checkpoint,
+                                       torch_dtype, weight_hash)
+from lingua_ray.models.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _private_hash_cache(tmp_path, monkeypatch):
+    """Every test gets its own digest cache: none writes to ~/.cache or sees another's entries."""
+    monkeypatch.setenv("LINGUA_RAY_HASH_CACHE", str(tmp_path / "hash-cache.json"))
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +78,33 @@ def test_resolution_and_errors():
         resolve_checkpoint(ModelConfig(name="x", source="hub", hf_id=None), CheckpointConfig())
     with pytest.raises(ModelLoadError, match="unknown source"):
         resolve_checkpoint(ModelConfig(name="x", source="ftp"), CheckpointConfig())
-    with pytest.raises(ModelLoadError, match="unknown GGUF package"):
+    with pytest.raises(ModelLoadError, match=r"unknown GGUF package 'nope'; valid: gemma3-270m, smollm2-135m"):
         resolve_checkpoint(ModelConfig(name="x", source="gguf", gguf_package="nope"), CheckpointConfig())
     assert torch_dtype("auto", "cpu") == torch.float32 and torch_dtype("auto", "cuda:0") == torch.bfloat16
-    with pytest.raises(ModelLoadError, match="unknown dtype"):
+    with pytest.raises(ModelLoadError, match="unknown dtype 'fp8' in model.dtype; valid: auto, float32"):
         torch_dtype("fp8", "cpu")
+
+
+def test_config_classes_live_in_lingua_ray_config():
+    from lingua_ray.models import loading
+
+    assert loading.ModelConfig is config.ModelConfig and loading.CheckpointConfig is config.CheckpointConfig
+    assert ModelConfig().source is ModelSource.gguf and ModelConfig().dtype is DType.auto
+    assert "gemma3-270m" in GGUF_PACKAGES and "smollm2-135m" in GGUF_PACKAGES
+
+
+@pytest.mark.parametrize("name, device, expected", [
+    (DType.auto, "cpu", torch.float32), (DType.auto, "cuda", torch.bfloat16), (DType.float16, "cpu", torch.float16),
+    (DType.bfloat16, "cpu", torch.bfloat16), ("float32", "cuda:1", torch.float32), ("bfloat16", "cpu", torch.bfloat16),
+])
+def test_torch_dtype_takes_the_enum_or_its_value(name, device, expected):
+    assert torch_dtype(name, device) == expected
+
+
+def test_source_enum_and_its_value_resolve_alike(saved):
+    for source in (ModelSource.local, "local"):
+        cfg = ModelConfig(name="t", source=source, hf_id=str(saved / "a"), gguf_package=None)
+        assert resolve_checkpoint(cfg, cfg.checkpoints[0]) == (str(saved / "a"), None)
 
 
 def test_trust_remote_code_off_by_default():
