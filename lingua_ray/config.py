@@ -228,6 +228,33 @@ class ReduceConfig:
 
 
 @dataclass
+class EvalCorpusConfig:
+    """Held-out text for the ablation from another corpus; ``source: null`` (the default) means the
+    held-out split of the run's corpus. Always a node (never None) so every field can be set from
+    the command line: ``ablation.eval_corpus.source=jsonl ablation.eval_corpus.path=held.jsonl``
+    or ``'ablation.eval_corpus={source: jsonl, path: held.jsonl}'``. languages: null = the run's.
+    """
+
+    source: Optional[str] = None
+    languages: Optional[list[str]] = None
+    max_units: Optional[int] = None
+    path: Optional[str] = None
+    cache_dir: str = DEFAULT_NPM_CACHE
+    hub_name: Optional[str] = None
+    hub_split: Optional[str] = None
+    hub_revision: Optional[str] = None
+    seed: int = 0
+
+    def corpus(self, languages: list[str]) -> Optional[CorpusConfig]:
+        """The CorpusConfig to load, or None for the held-out split."""
+        if self.source is None:
+            return None
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["languages"] = list(self.languages or languages)
+        return CorpusConfig(**fields)
+
+
+@dataclass
 class AblationConfig:
     """Deactivation (docs/ablation.md). n_random: matched random repeats R per language."""
 
@@ -237,7 +264,7 @@ class AblationConfig:
     token_budget: int = 4096
     max_tokens: int = 512
     exclude_mask: bool = False  # False: controls drawn from the whole layer, as METHOD.md
-    eval_corpus: Optional[CorpusConfig] = None  # None: the held-out split of the run's corpus
+    eval_corpus: EvalCorpusConfig = field(default_factory=EvalCorpusConfig)  # source null: held-out split
 
 
 @dataclass
@@ -317,15 +344,59 @@ def register_configs() -> None:
 
 
 def to_run_config(cfg: Any, schema: type = RunConfig):
-    """A ``schema`` instance from an OmegaConf DictConfig (resolving interpolations) or a dict."""
-    from omegaconf import OmegaConf
+    """A ``schema`` instance from an OmegaConf DictConfig (resolving interpolations) or a dict.
+
+    Unknown keys are errors, ``+key=value`` additions included (Hydra lets ``+`` add a key to
+    a typed node), so a typo such as ``+reduce.tua=1`` is refused instead of silently dropped.
+    """
+    from omegaconf import DictConfig, OmegaConf
 
     if isinstance(cfg, schema):
         return cfg
+    _check_keys(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg), schema, "")
     base = OmegaConf.structured(schema)
     merged = OmegaConf.merge(base, cfg)
     OmegaConf.resolve(merged)
     return OmegaConf.to_object(merged)
+
+
+def _check_keys(node: Any, schema: type, prefix: str) -> None:
+    import difflib
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+
+    hints = typing.get_type_hints(schema)
+    valid = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        if key == "hydra":
+            continue
+        where = f"{prefix}{key}"
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {where!r}; valid keys there: {', '.join(valid)}.{hint}")
+        sub = _dataclass_of(hints[key])
+        value = node._get_node(key)
+        if sub is not None and isinstance(value, DictConfig) and not value._is_none():
+            _check_keys(value, sub, f"{where}.")
+        elif sub is not None and isinstance(value, ListConfig):
+            for i, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    _check_keys(item, sub, f"{where}[{i}].")
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass inside ``X``, ``Optional[X]`` or ``list[X]``, else None."""
+    import typing
+
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _dataclass_of(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _plain(x: Any) -> Any:
@@ -413,7 +484,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 __all__ = [
-    "AblationConfig", "CaptureConfig", "CheckpointConfig", "ClusterConfig", "ConfigError", "CorpusConfig",
+    "AblationConfig", "CaptureConfig", "EvalCorpusConfig", "CheckpointConfig", "ClusterConfig", "ConfigError", "CorpusConfig",
     "DType", "KeyMode", "LRSchedule", "ModelConfig", "ModelSource", "ReduceConfig", "RunConfig", "RunInfo",
     "SplitConfig", "Stage", "Statistic", "StoreConfig", "TrajectoryConfig", "check_capture",
     "check_key_selection", "fingerprint", "register_configs", "resolved", "to_run_config", "validate",

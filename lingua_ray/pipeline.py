@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from lingua_ray import atomic
 from lingua_ray.config import RunConfig, Stage, resolved, validate
 from lingua_ray.stages import ablate, record, reduce, report
+from lingua_ray.stages.inputs import corpora
 
 
 @dataclass
@@ -28,10 +29,23 @@ class PipelineResult:
         return getattr(self, stage)
 
 
-def run(cfg: RunConfig, stages: Sequence[Stage | str] | None = None) -> PipelineResult:
-    """Run ``stages`` (default ``cfg.stages``) in pipeline order."""
+def preflight(cfg: RunConfig, wanted: set[Stage]) -> None:
+    """Everything checkable before Ray starts or a model loads: the config's own rules, then the
+    inputs it names (checkpoint folders / hub revisions, the corpus and its held-out split)."""
     validate(cfg)
+    if wanted & {Stage.record, Stage.ablate}:
+        from lingua_ray.models.loading import check_checkpoints
+
+        check_checkpoints(cfg.model)
+    if Stage.record in wanted:
+        corpora(cfg)  # loads the corpus: bad files and too small a split fail here, file:line named
+
+
+def run(cfg: RunConfig, stages: Sequence[Stage | str] | None = None) -> PipelineResult:
+    """Run ``stages`` (default ``cfg.stages``) in pipeline order; nothing is written until the
+    preflight passed, so a refused run changes nothing."""
     wanted = {Stage(s) for s in (cfg.stages if stages is None else stages)}
+    preflight(cfg, wanted)
     out = PipelineResult()
     out_dir = Path(cfg.run.out_dir)
     atomic.write_json(out_dir / "config.resolved.json", resolved(cfg))

@@ -1,56 +1,59 @@
 """Train the offline tiny-LLaMA trajectory (docs/trajectory.md), then print the pipeline command.
 
-    python workflows/train_trajectory.py [--steps 0,100,300,600] [--out DIR] [--threads N]
-                                         [--tokenizer auto|smollm2|bytes]
+    python workflows/train_trajectory.py [hydra overrides...]
+    python workflows/train_trajectory.py num_threads=1 'save_steps=[0,100,300,600]' out_dir=DIR tokenizer=bytes
 
-Steps already saved in DIR are not retrained; a later step continues from the last save.
+The recipe is conf/train.yaml (schema lingua_ray.config.TrajectoryConfig). Steps already saved
+in out_dir are not retrained; a later step continues from the last save. Hydra writes no files.
 """
 
-import argparse
 import shlex
 import time
 from pathlib import Path
 
+import hydra
 from omegaconf import OmegaConf
 
-from lingua_ray.trajectory import TrajectoryConfig, hydra_override, read_manifest, train_trajectory
+from lingua_ray.config import DEFAULT_LANGUAGES, TrajectoryConfig, register_configs, to_run_config
+from lingua_ray.train import TrajectoryError, hydra_override, read_manifest, train_trajectory
 
-RECIPE = Path(__file__).resolve().parent.parent / "conf" / "model" / "tiny-trajectory.yaml"
-TRAINED_LANGUAGES = "corpus.languages=[en,zh,fr,es,ar,id]"
+CONF = Path(__file__).resolve().parent.parent / "conf"
+RECIPE = CONF / "model" / "tiny-trajectory.yaml"  # the pipeline's model recipe for the default trajectory
+
+register_configs()
 
 
-def main() -> None:
-    default = TrajectoryConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", default=",".join(map(str, default.save_steps)),
-                   help="comma-separated optimizer steps to save; 0 is the random init")
-    p.add_argument("--out", default=default.out_dir, help="trajectory folder (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads while training")
-    p.add_argument("--tokenizer", default=default.tokenizer, choices=["auto", "smollm2", "bytes"])
-    a = p.parse_args()
-    try:
-        steps = [int(s) for s in a.steps.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--steps {a.steps!r}: expected comma-separated integers, e.g. 0,100,300,600")
-    cfg = TrajectoryConfig(out_dir=a.out, save_steps=steps, tokenizer=a.tokenizer, num_threads=a.threads)
+def pipeline_command(ckpts: list[dict], languages: list[str]) -> str:
+    """The pipeline command for ``ckpts``, on the UDHR in the trained ``languages`` (in the
+    pipeline's usual order: en zh fr es ... id): the recipe's checkpoints when they are exactly
+    these, else with a ``model.checkpoints=[...]`` override. Shell-quoted."""
+    rank = {lang: i for i, lang in enumerate(DEFAULT_LANGUAGES)}
+    langs = sorted(languages, key=lambda lang: rank.get(lang, len(rank)))  # stable: others keep their order
+    recipe = [(c["label"], str(Path(c["path"]).expanduser()), c["step"])
+              for c in OmegaConf.to_container(OmegaConf.load(RECIPE))["checkpoints"]]
+    made = [(c["label"], c["path"], c["step"]) for c in ckpts]
+    extra = "" if made == recipe else " " + shlex.quote(hydra_override(ckpts))
+    languages_override = shlex.quote(f"corpus.languages=[{','.join(langs)}]")
+    return f"python workflows/pipeline.py model=tiny-trajectory {languages_override}{extra}"
 
+
+@hydra.main(version_base=None, config_path="../conf", config_name="train")
+def main(dcfg) -> None:
+    cfg = to_run_config(dcfg, TrajectoryConfig)
     t0 = time.perf_counter()
-    ckpts = train_trajectory(cfg)
-    print(f"trajectory ready in {time.perf_counter() - t0:.1f} s: {Path(a.out).expanduser()}")
-    by_step = {c["step"]: c for c in read_manifest(a.out)["checkpoints"]}
+    try:
+        ckpts = train_trajectory(cfg)
+    except TrajectoryError as e:  # a refused config or folder: its message says what to do, no traceback
+        raise SystemExit(f"train_trajectory: {e}") from None
+    print(f"trajectory ready in {time.perf_counter() - t0:.1f} s: {Path(cfg.out_dir).expanduser()}")
+    by_step = {c["step"]: c for c in read_manifest(cfg.out_dir)["checkpoints"]}
     print(f"{'step':>6} {'train loss':>11} {'held-out loss':>14}")
     for c in ckpts:
         e = by_step[c["step"]]
         fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"{c['step']:>6} {fmt(e['train_loss']):>11} {fmt(e['heldout_loss']):>14}")
-
-    # The recipe's checkpoints suffice when they are exactly these; otherwise print the override.
-    recipe = [(c["label"], str(Path(c["path"]).expanduser()), c["step"])
-              for c in OmegaConf.to_container(OmegaConf.load(RECIPE))["checkpoints"]]
-    made = [(c["label"], c["path"], c["step"]) for c in ckpts]
-    extra = "" if made == recipe else " " + shlex.quote(hydra_override(ckpts))
     print("\nanalyse it (all checkpoints in one store; the UDHR in the languages it was trained on):")
-    print(f"  python workflows/pipeline.py model=tiny-trajectory {TRAINED_LANGUAGES}{extra}")
+    print(f"  {pipeline_command(ckpts, list(cfg.corpus.languages))}")
 
 
 if __name__ == "__main__":

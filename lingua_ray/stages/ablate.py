@@ -50,9 +50,10 @@ def mask_sha256(mask: np.ndarray | None) -> str:
 
 def eval_texts(cfg: RunConfig, languages: list[str], store: ActivationStore) -> tuple[str, int, dict[str, list[str]], dict[str, list[str]]]:
     """(corpus name, n units, {lang: texts}, {lang: unit ids}) for every key language."""
-    if cfg.ablation.eval_corpus is not None:
-        heldout = load_corpus(cfg.ablation.eval_corpus)
-        name = cfg.ablation.eval_corpus.source
+    other = cfg.ablation.eval_corpus.corpus(languages)
+    if other is not None:
+        heldout = load_corpus(other)
+        name = other.source
     else:
         _, heldout = corpora(cfg)
         name = f"{cfg.corpus.source} (held-out split, {cfg.split.heldout_units} units)"
@@ -63,7 +64,7 @@ def eval_texts(cfg: RunConfig, languages: list[str], store: ActivationStore) -> 
         raise ValueError(f"evaluation corpus {name!r} lacks key languages {missing}")
     selected = set(store.unit_ids.tolist())
     leak = [u for u in heldout.unit_ids if u in selected]
-    if leak and cfg.ablation.eval_corpus is None:
+    if leak and other is None:
         raise ValueError(f"held-out units were used to pick neurons: {leak[:3]}")
     texts = {lang: list(heldout.texts(lang)) for lang in languages}
     return name, heldout.S, texts, {lang: list(heldout.unit_ids) for lang in languages}

