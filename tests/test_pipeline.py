@@ -124,3 +124,34 @@ def test_all_stages_and_growth(tiny_dirs, tmp_path):
     res2 = reduce.run(grown)
     assert [c["label"] for c in res2["checkpoints"]] == ["m0", "m1"]
     assert res2["checkpoints"][0]["overall"] == res["checkpoints"][0]["overall"]
+
+
+@pytest.mark.slow
+def test_changed_settings_recompute_ablation_equal_to_fresh(tiny_dirs, tmp_path):
+    """A re-run with a new tau or ablation seed never reuses perplexities of another mask: it
+    equals a fresh run with the new settings; an unchanged re-run evaluates nothing."""
+    cfg = make_cfg(tiny_dirs, tmp_path / "a")
+    pipeline.run(cfg, ["record", "reduce", "ablate"])
+    changed = make_cfg(tiny_dirs, tmp_path / "a")
+    changed.reduce.tau, changed.ablation.seed = 0.8, 5
+    again = pipeline.run(changed, ["reduce", "ablate"]).ablate
+    fresh_cfg = make_cfg(tiny_dirs, tmp_path / "b")
+    fresh_cfg.reduce.tau, fresh_cfg.ablation.seed = 0.8, 5
+    fresh = pipeline.run(fresh_cfg, ["record", "reduce", "ablate"]).ablate
+    assert again["checkpoints"] == fresh["checkpoints"]
+    for a, b in zip(again["ablation"]["checkpoints"], fresh["ablation"]["checkpoints"]):
+        assert a["rows"] == b["rows"] and a["specificity"] == b["specificity"]
+    # The masks really changed (else this test would prove nothing).
+    old = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert old["checkpoints"][0]["key_neurons"]["total"] != pipeline.run(cfg, ["reduce"]).reduce[
+        "checkpoints"][0]["key_neurons"]["total"]
+
+
+def test_unchanged_rerun_evaluates_nothing(tiny_dirs, tmp_path, capsys):
+    cfg = make_cfg(tiny_dirs, tmp_path / "a")
+    cfg.ablation.n_random = 1
+    pipeline.run(cfg, ["record", "reduce", "ablate"])
+    capsys.readouterr()
+    pipeline.run(cfg, ["record", "reduce", "ablate"])
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "[ablate] 0 of" in out
