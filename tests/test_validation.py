@@ -132,3 +132,13 @@ def test_every_sub_config_can_be_set_from_the_command_line():
     assert cfg.ablation.eval_corpus == EvalCorpusConfig(source="jsonl", path="held.jsonl")
     assert cfg.ablation.eval_corpus.corpus(["en", "fr", "id"]).languages == ["en", "fr", "id"]
     assert compose_run().ablation.eval_corpus.corpus(["en"]) is None  # default: the held-out split
+
+
+def test_config_import_is_pure():
+    import subprocess
+    import sys
+
+    code = ("import sys, lingua_ray.config; heavy = [m for m in ('torch', 'ray', 'zarr', 'transformers') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

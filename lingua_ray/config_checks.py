@@ -1,0 +1,132 @@
+"""Loading a config from Hydra/OmegaConf (unknown keys refused) and the cross-field rules.
+
+Pure like config.py (no torch, Ray or Zarr); its public names are re-exported by lingua_ray.config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from lingua_ray.config import (CaptureConfig, ConfigError, KeyMode, ReduceConfig, RunConfig, Statistic)
+
+
+def to_run_config(cfg: Any, schema: type = RunConfig):
+    """A ``schema`` instance from an OmegaConf DictConfig (resolving interpolations) or a dict.
+
+    Unknown keys are errors, ``+key=value`` additions included (Hydra lets ``+`` add a key to
+    a typed node), so a typo such as ``+reduce.tua=1`` is refused instead of silently dropped.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, schema):
+        return cfg
+    _check_keys(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg), schema, "")
+    base = OmegaConf.structured(schema)
+    merged = OmegaConf.merge(base, cfg)
+    OmegaConf.resolve(merged)
+    return OmegaConf.to_object(merged)
+
+
+def _check_keys(node: Any, schema: type, prefix: str) -> None:
+    import difflib
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+
+    hints = typing.get_type_hints(schema)
+    valid = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        if key == "hydra":
+            continue
+        where = f"{prefix}{key}"
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {where!r}; valid keys there: {', '.join(valid)}.{hint}")
+        sub = _dataclass_of(hints[key])
+        value = node._get_node(key)
+        if sub is not None and isinstance(value, DictConfig) and not value._is_none():
+            _check_keys(value, sub, f"{where}.")
+        elif sub is not None and isinstance(value, ListConfig):
+            for i, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    _check_keys(item, sub, f"{where}[{i}].")
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass inside ``X``, ``Optional[X]`` or ``list[X]``, else None."""
+    import typing
+
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _dataclass_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+
+
+def check_capture(c: CaptureConfig, where: str = "capture") -> None:
+    stats = [Statistic(s) for s in c.statistics]
+    if not stats:
+        raise ConfigError(f"{where}.statistics is empty; choose from {[s.value for s in Statistic]}")
+    if len(set(stats)) != len(stats):
+        raise ConfigError(f"{where}.statistics has duplicates: {[s.value for s in stats]}")
+    if c.max_tokens < 1:
+        raise ConfigError(f"{where}.max_tokens={c.max_tokens} must be ≥ 1")
+    if c.token_budget < c.max_tokens:
+        raise ConfigError(f"{where}.token_budget ({c.token_budget}) must be ≥ {where}.max_tokens ({c.max_tokens})")
+
+
+def check_key_selection(r: ReduceConfig, n_languages: int) -> None:
+    """tau and top_fraction against K: z ≤ √(K−1), so a tau at or above it selects nothing."""
+    if KeyMode(r.key_mode) is KeyMode.top_fraction:
+        if r.top_fraction is None or not 0 < r.top_fraction < 1:
+            raise ConfigError(f"reduce.key_mode=top_fraction needs reduce.top_fraction in (0, 1), "
+                              f"got {r.top_fraction}")
+        return
+    bound = math.sqrt(max(n_languages - 1, 0))
+    if r.tau >= bound:
+        raise ConfigError(f"reduce.tau={r.tau} can select no neuron with {n_languages} languages "
+                          f"(a z-score across K languages is at most √(K−1) = {bound:.3f}); lower reduce.tau "
+                          "or use reduce.key_mode=top_fraction reduce.top_fraction=0.01")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Every cross-field rule checkable from the config alone; raises ConfigError naming the key."""
+    K = len(cfg.corpus.languages)
+    if K < 3:
+        raise ConfigError(f"corpus.languages has {K} language(s) {list(cfg.corpus.languages)}; "
+                          "LRDS, SADS and key neurons need at least 3")
+    if len(set(cfg.corpus.languages)) != K:
+        raise ConfigError(f"corpus.languages has duplicates: {list(cfg.corpus.languages)}")
+    check_capture(cfg.capture)
+    if Statistic(cfg.reduce.statistic) not in [Statistic(s) for s in cfg.capture.statistics]:
+        raise ConfigError(f"reduce.statistic={Statistic(cfg.reduce.statistic).value} is not recorded; "
+                          f"add it to capture.statistics {[Statistic(s).value for s in cfg.capture.statistics]}")
+    check_key_selection(cfg.reduce, K)
+    if not 0 < cfg.reduce.ci_level < 1:
+        raise ConfigError(f"reduce.ci_level={cfg.reduce.ci_level} must be in (0, 1)")
+    if cfg.reduce.n_boot < 0 or cfg.reduce.n_perm < 0:
+        raise ConfigError("reduce.n_boot and reduce.n_perm must be ≥ 0")
+    if cfg.store.unit_block < 1:
+        raise ConfigError(f"store.unit_block={cfg.store.unit_block} must be ≥ 1")
+    labels = [c.label for c in cfg.model.checkpoints]
+    if not labels:
+        raise ConfigError("model.checkpoints is empty; list at least one checkpoint")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"model.checkpoints has duplicate label(s) {dup}; each checkpoint needs its own label")
+    if cfg.ablation.n_random < 0:
+        raise ConfigError(f"ablation.n_random={cfg.ablation.n_random} must be ≥ 0")
+    if cfg.ablation.max_tokens < 2:
+        raise ConfigError(f"ablation.max_tokens={cfg.ablation.max_tokens} must be ≥ 2 to predict anything")
+    if cfg.split.heldout_units < 0:
+        raise ConfigError(f"split.heldout_units={cfg.split.heldout_units} must be ≥ 0")
+    return cfg
+
+
