@@ -7,7 +7,7 @@
 2. Speed: the same texts through a random-initialised LLaMA-shaped model (default ~0.5B params),
    batched under a token budget vs batch size 1 (the authors' release ran one sentence per call),
    printing tokens/s of each, their ratio, and peak device memory.
-Needs only torch, transformers, numpy and lingua_ray's capture/ablation modules (no Ray, no Zarr).
+Needs only torch, transformers, numpy and lingua_ray's capture/ablation/hooks modules (no Ray, no Zarr).
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lingua_ray.ablation import deactivate  # noqa: E402
-from lingua_ray.capture import CaptureConfig, capture_texts  # noqa: E402
-from tiny import TINY_TYPES, tiny_model, tiny_tokenizer  # noqa: E402
+from lingua_ray.ablation import deactivate, expected_mask_shape  # noqa: E402
+from lingua_ray.capture import capture_texts  # noqa: E402
+from lingua_ray.config import CaptureConfig  # noqa: E402
+
+try:  # the tiny fixtures are moving into the library (issue 7); tests/tiny.py re-exports them
+    from lingua_ray.models.tiny import TINY_TYPES, tiny_model, tiny_tokenizer  # noqa: E402
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from lingua_ray.models.tiny import TINY_TYPES, tiny_model, tiny_tokenizer  # noqa: E402
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
@@ -51,10 +56,7 @@ def check_adapters(device: str) -> None:
         enc = tok(xs[:3], return_tensors="pt", padding=True, truncation=True, max_length=200).to(device)
         with torch.no_grad():
             ref = model(**enc).logits
-            from lingua_ray.models.adapters import get_adapter
-
-            ad = get_adapter(model)
-            with deactivate(model, np.zeros((ad.n_layers(model.config), ad.n_neurons(model.config)), bool)):
+            with deactivate(model, np.zeros(expected_mask_shape(model), bool)):
                 same = torch.equal(model(**enc).logits, ref)
         ok = worst["torch.float32"] <= 1e-4
         print(f"{mt:12s} batched-vs-single rel.max fp32={worst['torch.float32']:.2e} ({'OK' if ok else 'FAIL'}) "
@@ -106,8 +108,9 @@ def bench_speed(device: str, quick: bool) -> None:
 
 def bench_real(device: str, languages: list[str]) -> None:
     """The offline default: Gemma-3-270M on UDHR units, batched vs one at a time."""
-    from lingua_ray.corpus import CorpusConfig, load_corpus
-    from lingua_ray.models.loading import ModelConfig, load_checkpoint
+    from lingua_ray.config import CorpusConfig, ModelConfig
+    from lingua_ray.corpus import load_corpus
+    from lingua_ray.models.loading import load_checkpoint
 
     cfg = ModelConfig()
     model, tok = load_checkpoint(cfg, cfg.checkpoints[0], device)

@@ -3,16 +3,18 @@
 A mask is a bool array (L, F): layer × neuron, True = deactivate. The neurons are
 zeroed at the capture point, the input u[layer] of each layer's FFN
 down-projection, by a forward pre-hook that writes zeros in the input's own dtype.
-Perplexity is corpus-level and token-weighted: exp(Σ nll / Σ predicted tokens),
-with the log-softmax taken in float32 whatever the model's dtype.
+Perplexity (``unit_nll``, ``perplexity``: ``lingua_ray.perplexity``, re-exported) is
+corpus-level and token-weighted: exp(Σ nll / Σ predicted tokens), with the
+log-softmax taken in float32 whatever the model's dtype.
 
 The evaluation unit is one mask × one evaluation language: ``evaluate_mask`` with a
 one-language ``eval_texts``. ``plan_masks`` lists the masks of one checkpoint (the
 intact model, each language's key set, R matched random controls per language),
 ``rows_from_ppl`` turns the per-unit perplexities into result rows, and
-``summarise_ablation`` reduces rows to per-language specificity. ``ablation_matrix``
-composes the three in-process; a scheduler can run the units anywhere and reuse the
-other two unchanged.
+``summarise_ablation`` (from ``lingua_ray.specificity``, re-exported) reduces rows to
+per-language specificity. ``ablation_matrix`` composes the three in-process; a scheduler
+can run the units anywhere and reuse the other two unchanged. The zero hooks and their
+fired check live in ``lingua_ray.hooks``.
 
 Pure torch + numpy: no Ray, no Zarr.
 """
@@ -29,12 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from lingua_ray.capture import plan_batches
+from lingua_ray.hooks import HookSet, hook_count, zero_neurons
 from lingua_ray.models.adapters import get_adapter
+from lingua_ray.perplexity import perplexity, unit_nll
+from lingua_ray.specificity import AblationError, summarise_ablation
 
-
-class AblationError(ValueError):
-    """Bad ablation input (mask shape or dtype, languages, texts) or an ablation that did not apply."""
+__all__ = [
+    "AblationError", "MaskSpec", "ablation_matrix", "check_mask", "deactivate", "down_projection_hook_count",
+    "evaluate_mask", "expected_mask_shape", "language_seed", "matched_random_masks", "perplexity", "plan_masks",
+    "rows_from_ppl", "summarise_ablation", "unit_nll",
+]
 
 
 # --------------------------------------------------------------------------- masks as hooks
@@ -72,48 +78,17 @@ def check_mask(model: nn.Module, mask) -> np.ndarray:
     return mask
 
 
-class _ZeroNeurons:
-    """Forward pre-hook: zero the listed neurons (last axis) of the down-projection input."""
-
-    def __init__(self, index: torch.Tensor):
-        self.index = index
-        self.calls = 0
-        self._per_device: dict[torch.device, torch.Tensor] = {}
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        idx = self._per_device.get(x.device)
-        if idx is None:
-            idx = self._per_device[x.device] = self.index.to(x.device)
-        self.calls += 1
-        # index_fill writes exact zeros in x's dtype; a multiply by a keep-vector would turn inf into nan.
-        return (x.index_fill(-1, idx, 0),) + tuple(args[1:])
-
-
-@dataclass
-class Deactivation:
-    """What ``deactivate`` yields: the hooked layers and how often each hook ran."""
-
-    layers: list[int]
-    _hooks: list[_ZeroNeurons]
-
-    @property
-    def calls(self) -> dict[int, int]:
-        """layer → number of forward calls that went through its hook so far."""
-        return {layer: hook.calls for layer, hook in zip(self.layers, self._hooks)}
-
-    def silent_layers(self) -> list[int]:
-        """Hooked layers whose hook never ran: their ablation did not happen."""
-        return [layer for layer, n in self.calls.items() if n == 0]
-
-
 @contextmanager
-def deactivate(model: nn.Module, mask) -> Iterator[Deactivation]:
+def deactivate(model: nn.Module, mask) -> Iterator[HookSet]:
     """Zero the masked FFN neurons of ``model`` while the context is open.
 
     Args:
         model: a ``*ForCausalLM`` (or decoder body) with an adapter.
         mask: bool (L, F), ndarray or tensor; True = deactivate neuron (layer, k).
+
+    Yields:
+        the ``lingua_ray.hooks.HookSet``: ``.layers`` hooked, ``.calls`` per layer,
+        ``.silent_layers()`` / ``.check_fired()`` (raises AblationError).
 
     One forward pre-hook per down-projection with at least one masked neuron; layers
     with none are untouched, so an all-False mask leaves the forward bit-identical.
@@ -127,23 +102,13 @@ def deactivate(model: nn.Module, mask) -> Iterator[Deactivation]:
             f"model_type {_model_type(model)!r} has {len(downs)} down-projections but its config says "
             f"{mask.shape[0]} layers"
         )
-    handles, layers, hooks = [], [], []
-    try:
-        for layer, row in enumerate(mask):
-            if row.any():
-                hook = _ZeroNeurons(torch.from_numpy(np.flatnonzero(row)))
-                handles.append(downs[layer].register_forward_pre_hook(hook))
-                layers.append(layer)
-                hooks.append(hook)
-        yield Deactivation(layers, hooks)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with zero_neurons(model, mask, error=AblationError) as hooks:
+        yield hooks
 
 
 def down_projection_hook_count(model: nn.Module) -> int:
     """Forward pre-hooks currently on the model's down-projections (any owner)."""
-    return sum(len(m._forward_pre_hooks) for m in get_adapter(model).down_projections(model))
+    return hook_count(model)
 
 
 # --------------------------------------------------------------------------- matched random control
@@ -205,95 +170,7 @@ def matched_random_masks(
     return out
 
 
-# --------------------------------------------------------------------------- perplexity
-
-
-def _pad_id(tokenizer) -> int:
-    # Padding positions are masked out and never scored, so any valid id will do; this
-    # avoids setting tokenizer.pad_token and so never mutates the caller's tokenizer.
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-@torch.no_grad()
-def unit_nll(
-    model: nn.Module,
-    tokenizer,
-    texts: Sequence[str],
-    token_budget: int = 4096,
-    max_tokens: int = 512,
-    device: torch.device | str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Summed next-token negative log-likelihood per text.
-
-    Each text is tokenised on its own terms (``add_special_tokens=True``, truncated to
-    ``max_tokens`` tokens). Every token after the first is predicted from the tokens
-    before it: with a BOS-adding tokenizer that scores every word token, without one
-    (GPT-2, BLOOM) the first word token is context only; an EOS the tokenizer appends
-    is scored like any token. Padding is never scored. Batches are right-padded with an
-    attention mask, so the result equals one text at a time.
-
-    Args:
-        texts: n strings.
-        token_budget: max batch size × padded length per forward.
-        max_tokens: truncation length in tokens (special tokens included).
-        device: where the inputs go; default the model's first parameter's device.
-
-    Returns:
-        nll_sum: float64 (n,), nats, summed over the text's predicted positions.
-        n_pred: int64 (n,), predicted positions per text (0 for a text of < 2 tokens).
-    """
-    if model.training:
-        raise AblationError("model is in training mode (dropout would make perplexity random): call model.eval()")
-    if max_tokens < 2:
-        raise AblationError(f"max_tokens must be ≥ 2 to predict anything, got {max_tokens}")
-    n = len(texts)
-    nll_sum = np.zeros(n, dtype=np.float64)
-    n_pred = np.zeros(n, dtype=np.int64)
-    if n == 0:
-        return nll_sum, n_pred
-    device = torch.device(device) if device is not None else _model_device(model)
-    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_tokens)
-    ids: list[list[int]] = enc["input_ids"]
-    pad = _pad_id(tokenizer)
-    for batch in plan_batches([len(x) for x in ids], token_budget):
-        width = len(ids[batch[0]])
-        if width < 2:
-            continue  # every text left is this short: nothing to predict
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            input_ids[r, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-            attention[r, : len(ids[i])] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
-        for r, i in enumerate(batch):
-            m = len(ids[i])
-            if m < 2:
-                continue
-            # Row by row keeps the float32 copy at (T, V), not (B, T, V): large vocabularies.
-            logp = torch.log_softmax(logits[r, : m - 1].float(), dim=-1)
-            nll = -logp.gather(-1, input_ids[r, 1:m, None]).squeeze(-1)
-            nll_sum[i] = nll.double().sum().item()
-            n_pred[i] = m - 1
-    return nll_sum, n_pred
-
-
-def perplexity(nll_sum, n_pred) -> float:
-    """Corpus-level, token-weighted perplexity: exp(Σ nll / Σ n_pred)."""
-    total = int(np.sum(n_pred))
-    if total <= 0:
-        raise AblationError("no predicted tokens: every text has fewer than 2 tokens")
-    return float(np.exp(float(np.sum(nll_sum, dtype=np.float64)) / total))
+# --------------------------------------------------------------------------- perplexity under a mask
 
 
 def evaluate_mask(
@@ -322,15 +199,11 @@ def evaluate_mask(
             for lang, texts in eval_texts.items()
         }
     out: dict[str, float] = {}
-    with deactivate(model, mask) as state:
+    with deactivate(model, mask) as hooks:
         for lang, texts in eval_texts.items():
+            mark = hooks.mark()
             out[lang] = perplexity(*unit_nll(model, tokenizer, texts, token_budget, max_tokens, device))
-            silent = state.silent_layers()
-            if silent:
-                raise AblationError(
-                    f"deactivation hooks on layers {silent} never ran while evaluating {lang!r} "
-                    f"(model_type {_model_type(model)!r}): the forward bypasses the down-projection"
-                )
+            hooks.check_fired(mark, during=f"while evaluating {lang!r}")
     return out
 
 
@@ -443,67 +316,6 @@ def _ppl_of(ppl: Mapping[str, Mapping[str, float]], spec_id: str, eval_languages
     if missing:
         raise AblationError(f"mask {spec_id!r} has no perplexity for eval language(s) {missing}")
     return ppl[spec_id]
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else math.nan)  # one draw has no spread
-
-
-def summarise_ablation(rows: Sequence[Mapping], languages: Sequence[str], eval_languages: Sequence[str]) -> dict:
-    """Per-language specificity from result rows (pure; no model).
-
-    For language l, with r = log_ppl_ratio and O = eval languages other than l:
-        own_log_ratio         = r_key:l[l]
-        other_mean/median     = mean / median over m in O of r_key:l[m]
-        specificity           = own − other_mean
-        random_own_*          = mean, sd over repeats of r_random:l[l]
-        random_specificity_*  = mean, sd over repeats of (r[l] − mean_O r[m])
-    sd uses ddof=1 when R > 1, else NaN (one draw has no spread); with R = 0 the random statistics are NaN, and
-    with no other eval language the "other" statistics and specificity are NaN.
-    Log ratios, medians beside means: real effects are heavy-tailed.
-    """
-    eval_languages = list(eval_languages)
-    out = {}
-    for lang in languages:
-        if lang not in eval_languages:
-            raise AblationError(f"key language {lang!r} is not among the eval languages {eval_languages}")
-        others = [e for e in eval_languages if e != lang]
-        key_rows = [r for r in rows if r["mask"] == f"key:{lang}"]
-        if len(key_rows) != 1:
-            raise AblationError(f"expected one 'key:{lang}' row, found {len(key_rows)}")
-        random_rows = sorted((r for r in rows if r["mask"] == f"random:{lang}"), key=lambda r: r["repeat"])
-        repeats = [r["repeat"] for r in random_rows]
-        if len(set(repeats)) != len(repeats):
-            raise AblationError(f"duplicate repeats {repeats} among 'random:{lang}' rows")
-
-        def own_other(row):
-            ratio = row["log_ppl_ratio"]
-            other = [float(ratio[e]) for e in others]
-            return float(ratio[lang]), other
-
-        own, other = own_other(key_rows[0])
-        other_mean = float(np.mean(other)) if other else math.nan
-        rand_own, rand_spec = [], []
-        for row in random_rows:
-            o, oth = own_other(row)
-            rand_own.append(o)
-            rand_spec.append(o - float(np.mean(oth)) if oth else math.nan)
-        rom, ros = _mean_sd(rand_own)
-        rsm, rss = _mean_sd(rand_spec)
-        out[lang] = {
-            "own_log_ratio": own,
-            "other_mean_log_ratio": other_mean,
-            "other_median_log_ratio": float(np.median(other)) if other else math.nan,
-            "specificity": own - other_mean,
-            "random_own_log_ratio_mean": rom,
-            "random_own_log_ratio_sd": ros,
-            "random_specificity_mean": rsm,
-            "random_specificity_sd": rss,
-        }
-    return out
 
 
 def ablation_matrix(

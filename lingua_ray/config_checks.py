@@ -71,6 +71,10 @@ def _dataclass_of(tp: Any) -> type | None:
 
 
 def check_capture(c: CaptureConfig, where: str = "capture") -> None:
+    valid = [s.value for s in Statistic]
+    bad = [s for s in c.statistics if getattr(s, "value", s) not in valid]
+    if bad:
+        raise ConfigError(f"{where}.statistics has unknown {bad}; valid: {', '.join(valid)}")
     stats = [Statistic(s) for s in c.statistics]
     if not stats:
         raise ConfigError(f"{where}.statistics is empty; choose from {[s.value for s in Statistic]}")

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from lingua_ray.capture import plan_batches
+from lingua_ray import specificity
 from lingua_ray.ablation import (
     AblationError,
     ablation_matrix,
@@ -322,15 +322,6 @@ def test_nll_counts_and_truncation(tok):
     assert unit_nll(model, tok, [])[0].shape == (0,)
 
 
-def test_plan_batches_respects_budget():
-    lengths = [5, 17, 3, 17, 9, 1, 30, 12]
-    batches = plan_batches(lengths, token_budget=34)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 34
-    assert [6] in batches  # longer than budget/2 and nothing fits beside it
-
-
 def test_tokenizer_without_pad_is_not_mutated():
     tok = no_pad_tokenizer()
     assert tok.pad_token is None
@@ -424,6 +415,11 @@ def test_rows_from_ppl_needs_every_unit():
 def _row(mask, lang, rep, ratios):
     return {"mask": mask, "language": lang, "repeat": rep, "n_neurons": 1,
             "ppl": {e: math.exp(v) for e, v in ratios.items()}, "log_ppl_ratio": ratios}
+
+
+def test_summarise_ablation_is_the_specificity_one():
+    assert summarise_ablation is specificity.summarise_ablation
+    assert AblationError is specificity.AblationError
 
 
 def test_summarise_ablation_hand_example():

@@ -2,25 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lingua_ray.capture import CaptureConfig, CaptureError, capture_texts, plan_batches
+from lingua_ray.capture import CaptureError, Captured, capture_texts
+from lingua_ray.config import CaptureConfig, ConfigError, Statistic
 from lingua_ray.models.adapters import get_adapter
 from tiny import tiny_model, tiny_tokenizer
-
-
-def test_plan_batches_respects_budget_and_covers_all():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 60, size=200).tolist()
-    batches = plan_batches(lengths, 256)
-    assert sorted(i for b in batches for i in b) == list(range(200))
-    for b in batches:
-        assert max(lengths[i] for i in b) * len(b) <= 256
-        assert lengths[b[0]] == max(lengths[i] for i in b)
-        assert lengths[b[0]] <= 1.5 * max(min(lengths[i] for i in b), 8)  # padding waste is capped
-
-
-def test_one_long_text_does_not_pad_the_rest():
-    batches = plan_batches([352, 33, 51, 51, 15, 19, 15, 43, 29, 14, 36, 37, 62, 21, 17, 33], 8192)
-    assert [0] in batches
 
 
 def _hooked_u(model, tok, text):
@@ -66,11 +51,34 @@ def test_unit_without_own_tokens_is_an_error():
         capture_texts(model, tok, [""], unit_labels=["lang=en unit=empty"])
 
 
-def test_bad_statistic_and_budget():
-    with pytest.raises(CaptureError, match="unknown statistics"):
-        CaptureConfig(statistics=["median"])
-    with pytest.raises(CaptureError, match="token_budget"):
-        CaptureConfig(token_budget=10, max_tokens=20)
+def test_bad_statistic_and_budget_fail_before_any_forward():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    with pytest.raises(ConfigError, match=r"unknown statistic 'pos_fract'.*Did you mean 'pos_frac'"):
+        capture_texts(model, tok, ["abc"], CaptureConfig(statistics=["mean", "pos_fract"]))
+    with pytest.raises(ConfigError, match="token_budget"):
+        capture_texts(model, tok, ["abc"], CaptureConfig(token_budget=10, max_tokens=20))
+    with pytest.raises(ConfigError, match="duplicates"):
+        capture_texts(model, tok, ["abc"], CaptureConfig(statistics=["mean", Statistic.mean]))
+
+
+def test_enum_and_string_statistics_give_the_same_plain_keys():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    a = capture_texts(model, tok, ["abc", "de"], CaptureConfig(statistics=[Statistic.pos_frac, Statistic.mean]))
+    b = capture_texts(model, tok, ["abc", "de"], CaptureConfig(statistics=["pos_frac", "mean"]))
+    assert isinstance(a, Captured)
+    assert list(a.stats) == list(b.stats) == ["pos_frac", "mean"]
+    assert all(type(k) is str for k in a.stats)
+    for k in a.stats:
+        np.testing.assert_array_equal(a.stats[k], b.stats[k])
+
+
+def test_bypassed_layer_is_an_error_not_zeros():
+    """A forward that skips a layer's down-projection must not leave that layer's stats at 0."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    model.model.layers[1].mlp.forward = lambda h: torch.zeros_like(h)
+    with pytest.raises(CaptureError, match=r"read hooks on layers \[1\] never ran while capturing 1 unit\(s\) from u3"):
+        capture_texts(model, tok, ["abc"], unit_labels=["u3"])
+    assert sum(len(m._forward_pre_hooks) for m in get_adapter(model).down_projections(model)) == 0
 
 
 def test_per_token_activations_stay_on_device():
