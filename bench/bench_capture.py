@@ -21,17 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lingua_ray.ablation import deactivate, expected_mask_shape  # noqa: E402
-from lingua_ray.capture import capture_texts  # noqa: E402
-from lingua_ray.config import CaptureConfig  # noqa: E402
-
-try:  # the tiny fixtures are moving into the library (issue 7); tests/tiny.py re-exports them
-    from lingua_ray.models.tiny import TINY_TYPES, tiny_model, tiny_tokenizer  # noqa: E402
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from lingua_ray.models.tiny import TINY_TYPES, tiny_model, tiny_tokenizer  # noqa: E402
+from lingua_ray.ablation import deactivate, expected_mask_shape
+from lingua_ray.capture import capture_texts
+from lingua_ray.config import CaptureConfig
+from lingua_ray.models.tiny import TINY_TYPES, tiny_model, tiny_tokenizer
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
