@@ -26,13 +26,19 @@ import numpy as np
 import zarr
 
 from lingua_ray.config import StoreConfig  # noqa: F401  (re-exported: the store's config slice)
+CHECKPOINT_COORDS = "checkpoint_step checkpoint_revision"  # CF-style: coordinates on the checkpoint dim
+
 from lingua_ray.store_spec import (DIMS, FORMAT_VERSION, CheckpointInfo, GridSpec, StoreError,  # noqa: F401
                                    cell_checksum, stat_array, text_fingerprint)
 
 
-def _short(d) -> str:
-    s = json.dumps(d, sort_keys=True, default=str)
-    return s if len(s) < 160 else s[:157] + "..."
+def _difference(old, new, path: str) -> str:
+    """The first leaf where two JSON-like values differ, both sides in full: 'key.sub: a → b'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if old.get(k, "<absent>") != new.get(k, "<absent>"):
+                return _difference(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{path}.{k}")
+    return f"{path}: {json.dumps(old, default=str)} in the store, {json.dumps(new, default=str)} in this run"
 
 
 class ActivationStore:
@@ -41,7 +47,9 @@ class ActivationStore:
     def __init__(self, path: str, mode: str = "r"):
         self.path = path
         try:
-            self.group = zarr.open_group(path, mode=mode)
+            # Never trust consolidated metadata when working: it is a snapshot for readers (xarray), and
+            # a grown store's arrays have moved on since the last consolidate().
+            self.group = zarr.open_group(path, mode=mode, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise StoreError(f"no activation store at {path!r}") from e
         if "lingua_ray" not in self.group.attrs:
@@ -58,7 +66,7 @@ class ActivationStore:
         appended along their axis. Finished data is never rewritten.
         """
         try:
-            existing = zarr.open_group(path, mode="r")
+            existing = zarr.open_group(path, mode="r", use_consolidated=False)
             has = "lingua_ray" in existing.attrs
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             has = False
@@ -89,6 +97,9 @@ class ActivationStore:
         g.create_array("text", shape=(K, S), chunks=(1, S), dtype=str, dimension_names=("language", "unit"))
         g.create_array("unit", shape=(S,), dtype=str, dimension_names=("unit",))
         g.create_array("layer", shape=(L,), dtype="int32", dimension_names=("layer",))[:] = np.arange(L)
+        g.create_array("neuron", shape=(F,), dtype="int32", dimension_names=("neuron",))[:] = np.arange(F)
+        for stat in spec.statistics:  # xarray: select and plot by step / revision
+            g[stat_array(stat)].attrs["coordinates"] = CHECKPOINT_COORDS
         g["unit"][:] = np.array(spec.unit_ids, dtype=object).astype(str)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -114,8 +125,8 @@ class ActivationStore:
         for key, want in (("statistics", [getattr(s, "value", s) for s in spec.statistics]), ("n_layers", spec.n_layers),
                           ("n_neurons", spec.n_neurons), ("identity", spec.identity)):
             if m[key] != want:
-                raise StoreError(f"{where} was recorded with {key}={_short(m[key])}; this run has "
-                                 f"{key}={_short(want)}. Use a new store path (nothing was changed).")
+                raise StoreError(f"{where} was recorded with another {key} ({_difference(m[key], want, key)}). "
+                                 "Use a new store path (nothing was changed).")
         units_sha = hashlib.sha256("\n".join(spec.unit_ids).encode()).hexdigest()
         if m["units_sha256"] != units_sha:
             have = list(self.unit_ids)
@@ -126,7 +137,8 @@ class ActivationStore:
             old = m["checkpoints"].get(ck["label"])
             if old is not None and old["fingerprint"] != ck["fingerprint"]:
                 raise StoreError(f"{where}: checkpoint {ck['label']!r} was recorded from a different model "
-                                 f"({_short(old['fingerprint'])} vs {_short(ck['fingerprint'])}). Nothing was changed.")
+                                 f"({_difference(old['fingerprint'], ck['fingerprint'], 'fingerprint')}). "
+                                 "Nothing was changed.")
         for lang in spec.languages:
             old = m["languages"].get(lang)
             new = text_fingerprint(spec.unit_ids, spec.texts[lang])
@@ -172,6 +184,18 @@ class ActivationStore:
         # The manifest is written last: a crash before this leaves axes the next run re-appends.
         g.attrs["lingua_ray"] = m
         self._index_cache = None
+
+    def consolidate(self) -> None:
+        """Write consolidated metadata, so ``xarray.open_zarr(path)`` opens without a warning.
+
+        A snapshot for readers only: lingua_ray itself always opens with use_consolidated=False.
+        Called by the stages after they write; a store grown since is re-consolidated by its stage.
+        """
+        import warnings
+
+        with warnings.catch_warnings():  # zarr notes consolidated metadata is a v3 extension
+            warnings.simplefilter("ignore", category=UserWarning)
+            zarr.consolidate_metadata(self.group.store)
 
     # ---- reading ----
 
@@ -394,6 +418,7 @@ class ActivationStore:
             if arr_name not in self.group:
                 self.group.create_array(arr_name, shape=(C, K, L, F), chunks=(1, 1, 1, F), dtype=dtype,
                                         fill_value=fill, dimension_names=("checkpoint", "language", "layer", "neuron"))
+                self.group[arr_name].attrs["coordinates"] = CHECKPOINT_COORDS
             a = self.group[arr_name]
             if a.shape != (C, K, L, F):
                 a.resize((C, K, L, F))

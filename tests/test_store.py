@@ -59,6 +59,26 @@ def test_xarray_named_dimensions(tmp_path):
     np.testing.assert_array_equal(v, fake("final", "en", 0, 2)[0]["mean"][0, 2])
 
 
+def test_xarray_consolidated_with_step_coordinates(tmp_path, recwarn):
+    import warnings
+
+    st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(checkpoints=("a", "b")), unit_block=2)
+    fill(st)
+    st.consolidate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "missing consolidated metadata" warning
+        ds = xr.open_zarr(str(tmp_path / "s.zarr"))
+    assert {"checkpoint_step", "checkpoint_revision", "neuron"} <= set(ds.coords)
+    assert list(ds["checkpoint_step"].values) == [0, 1]
+    by_step = ds["activations"].swap_dims(checkpoint="checkpoint_step").sel(checkpoint_step=1)
+    np.testing.assert_array_equal(by_step.sel(language="fr", unit="u2", layer=0).values,
+                                  fake("b", "fr", 2, 4)[0]["mean"][0, 0])
+    # Growth after consolidating: lingua_ray itself never reads the stale snapshot.
+    grown = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(checkpoints=("a", "b"),
+                                             languages=("en", "fr", "zh")), unit_block=2)
+    assert grown.shape[1] == 3 and len(list(grown.missing_blocks())) == 6
+
+
 def test_partial_block_write_refused(tmp_path):
     st = ActivationStore.create_or_extend(str(tmp_path / "s.zarr"), spec(), unit_block=2)
     stats, ntok = fake("final", "en", 1, 2)
@@ -95,8 +115,11 @@ def test_mismatch_refused_without_changes(tmp_path):
     before = st.group["activations"][:]
     with pytest.raises(StoreError, match="checkpoint 'final' was recorded from a different model"):
         ActivationStore.create_or_extend(p, spec(fp="w2"), unit_block=2)
-    with pytest.raises(StoreError, match="identity"):
+    with pytest.raises(StoreError, match=r"identity\.max_tokens: 8 in the store, 9 in this run"):
         ActivationStore.create_or_extend(p, spec(identity={"model": "tiny", "max_tokens": 9}), unit_block=2)
+    long = {"model": "tiny" * 60, "max_tokens": 8, "zz_last": 1}
+    with pytest.raises(StoreError, match=r"identity\.zz_last: <absent>|identity\.model"):
+        ActivationStore.create_or_extend(p, spec(identity=long), unit_block=2)  # the differing field in full
     with pytest.raises(StoreError, match="language 'fr' was recorded from different texts"):
         t = {lang: [f"{lang} text {i}" for i in range(5)] for lang in ("en", "fr")}
         t["fr"][2] = "changed"

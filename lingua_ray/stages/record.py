@@ -78,6 +78,7 @@ def _run(cfg: RunConfig, path: str, spec: GridSpec) -> RecordResult:
         print(f"[record] all {out.units_total} cells already in the store; nothing to do", flush=True)
     else:
         _record(cfg, path, units, n_cells, out)
+    store.consolidate()
     out.store_bytes = _du(path)
     out.finished_utc = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     # One entry per invocation: a resume must not overwrite the first run's throughput numbers.

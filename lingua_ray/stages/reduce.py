@@ -111,6 +111,7 @@ def _run(cfg: RunConfig, path: str) -> dict:
         store.write_key_neurons(label, arrays, settings)
         info = store.checkpoint_info(label)
         entries.append({"label": label, "revision": info.revision, "step": info.step, **entry})
+    store.consolidate()
     key_mode = KeyMode(cfg.reduce.key_mode)
     results = {
         "schema_version": 1,
