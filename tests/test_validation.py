@@ -142,3 +142,27 @@ def test_config_import_is_pure():
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_entry_point_prints_one_line_unless_debug(tmp_path, debug):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("LINGUA_RAY_DEBUG", None)
+    if debug:
+        env["LINGUA_RAY_DEBUG"] = "1"
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "workflows" / "pipeline.py"), "+reduce.tua=1",
+                        f"run.out_dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "unknown config key 'reduce.tua'" in r.stderr
+    if debug:
+        assert "Traceback" in r.stderr
+    else:
+        assert "Traceback" not in r.stderr
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert lines[0].startswith("error: ConfigError: unknown config key") and len(lines) == 2, r.stderr
+    assert not (tmp_path / "out" / "config.resolved.json").exists()
