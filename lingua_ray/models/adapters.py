@@ -42,6 +42,10 @@ class Adapter:
         width: ``config -> F``, the FFN width (neurons per layer).
         check: optional ``config -> None`` raising when a config variant would
             bypass the down-projection module (so the hook would never fire).
+        act_fn: attribute path from one decoder layer to the FFN's activation-function module,
+            whose forward *output* is act(gate(x)) for gated FFNs (LAPE's activation) and the
+            GELU output (= the down-projection input) otherwise. None: not supported.
+        gated: True when u = act(gate(x)) * up(x), so the two hook points differ.
     """
 
     model_type: str
@@ -50,6 +54,8 @@ class Adapter:
     down_proj: str
     width: Callable[[object], int]
     check: Callable[[object], None] | None = None
+    act_fn: str | None = None
+    gated: bool = False
 
     def body_module(self, model: nn.Module) -> nn.Module:
         """The decoder body: running it skips the LM head (METHOD.md)."""
@@ -65,6 +71,15 @@ class Adapter:
         if self.check is not None:
             self.check(model.config)
         return [_get_path(layer, self.down_proj) for layer in self.layer_modules(model)]
+
+    def activation_modules(self, model: nn.Module) -> list[nn.Module]:
+        """One module per decoder layer whose forward *output* is act(gate(x)) (gated FFNs) or the
+        activation output (others), shape (B, T, F): the hook point of LAPE-style statistics."""
+        if self.act_fn is None:
+            raise UnsupportedModelError(f"adapter {self.model_type!r} names no activation-function module (act_fn)")
+        if self.check is not None:
+            self.check(model.config)
+        return [_get_path(layer, self.act_fn) for layer in self.layer_modules(model)]
 
     def n_layers(self, config) -> int:
         return int(config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer)
@@ -109,8 +124,10 @@ def _bloom_check(config) -> None:
 
 
 # Gated FFNs: u = act(gate(x)) * up(x) is the input of mlp.down_proj.
+# act_fn(gate(x)) is the output of mlp.act_fn (Phi-3 fuses gate and up: mlp.activation_fn).
 for _t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "phi3"):
-    register_adapter(Adapter(_t, body="model", layers="layers", down_proj="mlp.down_proj", width=_intermediate))
+    register_adapter(Adapter(_t, body="model", layers="layers", down_proj="mlp.down_proj", width=_intermediate,
+                             act_fn="mlp.activation_fn" if _t == "phi3" else "mlp.act_fn", gated=True))
 
 register_adapter(
     Adapter(
@@ -120,6 +137,7 @@ register_adapter(
         down_proj="mlp.dense_4h_to_h",
         width=lambda c: 4 * int(c.hidden_size),
         check=_bloom_check,
+        act_fn="mlp.gelu_impl",
     )
 )
 register_adapter(
@@ -129,8 +147,10 @@ register_adapter(
         layers="h",
         down_proj="mlp.c_proj",
         width=lambda c: int(c.n_inner) if c.n_inner is not None else 4 * int(c.n_embd),
+        act_fn="mlp.act",
     )
 )
 register_adapter(
-    Adapter("gpt_neox", body="gpt_neox", layers="layers", down_proj="mlp.dense_4h_to_h", width=_intermediate)
+    Adapter("gpt_neox", body="gpt_neox", layers="layers", down_proj="mlp.dense_4h_to_h", width=_intermediate,
+            act_fn="mlp.act")
 )

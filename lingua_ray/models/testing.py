@@ -63,6 +63,28 @@ class AdapterConformance:
         n_tokens = enc["input_ids"].shape[1]
         assert shapes == [(1, n_tokens, ad.n_neurons(model.config))] * ad.n_layers(model.config)
 
+    def test_activation_hook_point(self, model, tokenizer):
+        """The act_fn module's output is (B, T, F) once per layer; for a non-gated FFN it IS the
+        down-projection input, for a gated one it differs (it is act(gate(x)), not act·up)."""
+        ad = get_adapter(model)
+        acts, downs = [], []
+        hs = [m.register_forward_hook(lambda mod, args, out: acts.append(out.detach().clone()))
+              for m in ad.activation_modules(model)]
+        hs += [m.register_forward_pre_hook(lambda mod, args: downs.append(args[0].detach().clone()))
+               for m in ad.down_projections(model)]
+        try:
+            enc = tokenizer(["abc def"], return_tensors="pt")
+            with torch.no_grad():
+                ad.body_module(model)(**enc)
+        finally:
+            for h in hs:
+                h.remove()
+        L, F = ad.n_layers(model.config), ad.n_neurons(model.config)
+        assert len(acts) == len(downs) == L
+        assert all(a.shape[-1] == F and a.shape == d.shape for a, d in zip(acts, downs))
+        same = all(torch.equal(a, d) for a, d in zip(acts, downs))
+        assert same != ad.gated
+
     def test_body_skips_lm_head(self, model, tokenizer):
         ad = get_adapter(model)
         head = model.get_output_embeddings()
