@@ -1,4 +1,4 @@
-"""results.json (schema version 1): its pydantic models, validation, writing and reading.
+"""results.json (schema version 2; version 1 files still load): pydantic models, validation, writing, reading.
 
 The reduce and ablate stages build a ``Results`` (or the equivalent plain dict); this module
 checks it against the models below and writes it as ``results.json`` plus flat CSV tables
@@ -13,82 +13,43 @@ Errors are ``ResultsError(path, message)``, the path in the form
 ``checkpoints[0].per_layer.lrds[3].ci`` (data keys quoted: ``total["zh.Hans"]``). Building a
 model directly (``Stat(value=..., ...)``) runs the same checks but raises pydantic's
 ValidationError (a ValueError); ``write_results`` of the built model raises ResultsError.
+
+Versions: 1 is the original file; 2 adds two top-level keys that may be absent (never null):
+``evolution`` (results_evolution.py) and ``identical_checkpoints``. A version-1 file has
+neither and still loads; a file that has either must say version 2.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
-from pydantic import field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from lingua_ray import atomic
 from lingua_ray.results_checks import (ResultsError, check_against_grid, fail, normalize_results, plain_value,
                                        results_error)
 from lingua_ray.results_csv import ABLATION_CSV_FILES, CSV_FILES, csv_tables
+from lingua_ray.results_evolution import (EdgeShare, Evolution, ShareStat, check_evolution,
+                                          check_identical_checkpoints)
+from lingua_ray.results_types import (COS_DIFF, NATS, Cosine, Count, Finite, NonEmptyStr, OptFloat, PValue, _doc,
+                                      _doc_optional, _Model)
 
 __all__ = [
     "SCHEMA_VERSION", "RESULTS_FILE", "CSV_FILES", "ABLATION_CSV_FILES", "ResultsError", "normalize_results",
     "validate_results", "write_results", "load_results", "csv_tables", "Results", "ResultsRunInfo", "Grid",
     "CheckpointRef", "Settings", "Stat", "ScorePair", "PerLayer", "KeyNeurons", "CheckpointResults",
-    "AblationRow", "Specificity", "AblationCheckpoint", "Ablation",
+    "AblationRow", "Specificity", "AblationCheckpoint", "Ablation", "Evolution", "EdgeShare", "ShareStat",
+    "SUPPORTED_VERSIONS", "VERSION_2_KEYS",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what write_results callers should put in new files
+SUPPORTED_VERSIONS = (1, 2)  # what this reader accepts
+VERSION_2_KEYS = ("evolution", "identical_checkpoints")  # top-level keys a version-1 file cannot have
 RESULTS_FILE = "results.json"
-
-
-# ---------------------------------------------------------------- field types
-
-
-def _undefined_to_none(x: Any) -> Any:
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-Count = Annotated[int, Field(ge=0)]
-Cosine = Annotated[Finite, Field(ge=-1 - 1e-6, le=1 + 1e-6)]  # cosine means may overshoot ±1 by rounding
-OptFloat = Annotated[Optional[float], BeforeValidator(_undefined_to_none)]  # NaN/inf → None ("undefined")
-PValue = Annotated[Optional[Annotated[float, Field(ge=0.0, le=1.0)]], BeforeValidator(_undefined_to_none)]
-NATS = "nats"  # natural-log perplexity ratio
-COS_DIFF = "cosine difference"
-
-
-def _doc(meaning: str, unit: str = "—") -> Any:
-    """A field's row in docs/results.md: its meaning (markdown) and unit, carried in the JSON schema."""
-    return Field(description=meaning, json_schema_extra={"unit": unit})
-
-
-class _Model(BaseModel):
-    """Strict (no bool for a number, no float for an int), closed (unknown keys are errors)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    # No __init__ override: pydantic would call it for every nested model and lose the context.
-
-    @model_validator(mode="before")
-    @classmethod
-    def _object_with_exactly_our_keys(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, cls):
-            return data
-        if not isinstance(data, dict):
-            fail("", f"expected an object, got {type(data).__name__}")
-        names = list(cls.model_fields)
-        missing = [k for k in names if k not in data]
-        if missing:
-            fail(missing[0], "missing required key")
-        extra = sorted(set(data) - set(names))
-        if extra:
-            fail(extra[0], f"unknown key (allowed: {', '.join(names)})")
-        if info.context and info.context.get("plain"):
-            return data  # validate_results normalised it already
-        return {k: plain_value(v) for k, v in data.items()}  # numpy values from a stage
 
 
 # ---------------------------------------------------------------- the models
@@ -287,23 +248,43 @@ class Ablation(_Model):
 class Results(_Model):
     """The whole results.json. Build it from the stage's values; every check runs on construction."""
 
-    schema_version: int = _doc("always `1`")
+    schema_version: int = _doc("`2`; `1` for files written before `evolution` and `identical_checkpoints` "
+                               "existed (they still load, and cannot hold those keys)")
     run: ResultsRunInfo = _doc("where the numbers came from")
     grid: Grid = _doc("the shapes K, S, L, F and the checkpoints")
     settings: Settings = _doc("key-neuron and uncertainty settings")
     checkpoints: list[CheckpointResults] = _doc("one per checkpoint, same order as `grid.checkpoints`")
     ablation: Optional[Ablation] = _doc("deactivation results; null when not run")
+    evolution: Evolution = _doc_optional("how the measurements move across the checkpoints; absent when not "
+                                         "computed (version 1, or written without it)")
+    identical_checkpoints: list[Annotated[list[NonEmptyStr], Field(min_length=2)]] = _doc_optional(
+        "groups of `grid.checkpoints` labels whose weights hash the same (`weights_sha256`), each in grid order, "
+        "no label in two groups; `[]`: checked, none found; absent: not checked")
 
     @field_validator("schema_version")
     @classmethod
     def _known_version(cls, v: int) -> int:
-        if v != SCHEMA_VERSION:
-            fail("", f"is {v!r}; this reader knows version {SCHEMA_VERSION}")
+        if v not in SUPPORTED_VERSIONS:
+            fail("", f"is {v!r}; this reader knows versions {', '.join(map(str, SUPPORTED_VERSIONS))}")
+        return v
+
+    @field_validator(*VERSION_2_KEYS, mode="before")
+    @classmethod
+    def _absent_not_null(cls, v: Any) -> Any:
+        if v is None:
+            fail("", "is null; leave the key out instead (absent means not computed)")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "Results":
+        for key in VERSION_2_KEYS:
+            if self.schema_version < 2 and getattr(self, key) is not None:
+                fail(key, f"needs schema_version 2 (the file says {self.schema_version})")
         check_against_grid(self)  # shapes that depend on the grid, and what the numbers imply
+        if self.evolution is not None:
+            check_evolution(self.evolution, "evolution", self)
+        if self.identical_checkpoints is not None:
+            check_identical_checkpoints(self.identical_checkpoints, "identical_checkpoints", self.grid)
         return self
 
 

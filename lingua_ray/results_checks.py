@@ -44,12 +44,13 @@ class ResultsError(ValueError):
 def normalize_results(d: Any, *, nan_to_null: bool = False, _path: str = "") -> Any:
     """A deep copy made of dict/list/str/int/float/bool/None only.
 
-    A ``Results`` model (or any model below it) becomes its dict. Numpy scalars and arrays
+    A ``Results`` model (or any model below it) becomes its dict (an optional section it does
+    not have stays absent). Numpy scalars and arrays
     (anything with ``tolist``), tuples and str-Enums become plain values and lists. With
     ``nan_to_null`` non-finite floats become None (what ``write_results`` stores).
     """
     if isinstance(d, BaseModel):
-        d = d.model_dump()
+        d = _dump(d)
     if d is None or isinstance(d, bool):
         return d
     if isinstance(d, str):
@@ -71,6 +72,15 @@ def normalize_results(d: Any, *, nan_to_null: bool = False, _path: str = "") -> 
     if hasattr(d, "tolist"):
         return normalize_results(d.tolist(), nan_to_null=nan_to_null, _path=_path)
     raise ResultsError(_path, f"value of type {type(d).__name__} is not JSON-able")
+
+
+def _dump(m: BaseModel) -> dict:
+    """A model's dict, without the optional fields (``_doc_optional``) it leaves unset: absent stays absent."""
+    out = m.model_dump()
+    for name, f in type(m).model_fields.items():
+        if not f.is_required() and out.get(name) is None:
+            out.pop(name, None)
+    return out
 
 
 def plain_value(v: Any) -> Any:

@@ -3,7 +3,8 @@
 Each model gets one block in the page, between ``<!-- results-schema: Name -->`` and
 ``<!-- /results-schema -->``: a heading, the model's docstring and a table of its fields
 (field, type, meaning, unit). The type column is rendered from the schema (bounds, lengths,
-nullability); meaning and unit come from each field's ``_doc(...)`` in results.py. Prose
+nullability; "may be absent" for a field with a default that is not ``required``); meaning and
+unit come from each field's ``_doc(...)`` in results.py or results_evolution.py. Prose
 outside the blocks is hand-written and left alone.
 
     python -m lingua_ray.results_doc [docs/results.md]         # rewrite the blocks in place
@@ -14,6 +15,7 @@ tests/test_results_doc.py runs the check.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -60,6 +62,8 @@ def type_text(p: dict) -> str:
         parts = [f"({t})" if ", " in t else t for t in parts]  # "(list of float, length 2) or null"
         nullable = any(q.get("type") == "null" for q in p["anyOf"])
         return " or ".join(parts) + (" or null" if nullable else "")
+    if "const" in p:  # a one-value Literal
+        return f"`{json.dumps(p['const'], ensure_ascii=False)}`"
     if "enum" in p:
         return " or ".join(f'`"{v}"`' for v in p["enum"])
     t = p.get("type")
@@ -90,8 +94,11 @@ def render_block(name: str, m: dict) -> str:
     """The generated markdown of one model: marker, heading, docstring, field table, end marker."""
     doc = " ".join(m.get("description", "").split()).replace("``", "`")
     rows = ["| field | type | meaning | unit |", "|---|---|---|---|"]
+    required = set(m.get("required", m["properties"]))
     for field, p in m["properties"].items():
-        rows.append(f"| `{field}` | {_cell(type_text(p))} | {_cell(p.get('description', ''))} | "
+        optional = field not in required and "default" in p  # pydantic: a field declared with a default
+        t = type_text(p) + (", may be absent" if optional else "")
+        rows.append(f"| `{field}` | {_cell(t)} | {_cell(p.get('description', ''))} | "
                     f"{_cell(p.get('unit', '—'))} |")
     body = "\n".join(rows)
     return f"<!-- results-schema: {name} -->\n## {name}\n\n{doc}\n\n{body}\n<!-- /results-schema -->"

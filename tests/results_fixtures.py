@@ -8,6 +8,7 @@ validator's consistency check is tested against an independent reference.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -118,18 +119,32 @@ def make_ablation_checkpoint(label: str, languages: list[str], eval_languages: l
 
 def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, ablation: bool = True,
                  languages: list[str] | None = None, F: int = 6, R: int = 3, seed: int = 0,
-                 steps: bool = True) -> dict:
-    """A valid results dict over a K x S grid, L layers of F neurons, ``n_checkpoints`` checkpoints."""
+                 steps: bool = True, version: int = 2, evolution: bool = True,
+                 identical: list[list[int]] | None = None, masks_out: dict | None = None) -> dict:
+    """A valid results dict over a K x S grid, L layers of F neurons, ``n_checkpoints`` checkpoints.
+
+    ``version=1`` gives a file from before the evolution keys (no ``evolution``, no
+    ``identical_checkpoints``). With version 2, ``evolution`` adds the section (built by
+    lingua_ray.evolution.summarise from the fixture's own key masks) and ``identical`` lists
+    groups of checkpoint indices that get the same activations and masks (the same weights);
+    they go into ``identical_checkpoints``. ``masks_out``, if given, receives label -> mask.
+    """
     rng = np.random.default_rng(seed)
     langs = list(languages) if languages is not None else [f"l{i}" for i in range(K)]
     assert len(langs) == K
     refs = [{"label": f"step{1000 * (i + 1)}" if steps else f"ckpt-{i}", "revision": f"rev{i}" if i % 2 == 0 else None,
              "step": 1000 * (i + 1) if steps else None} for i in range(n_checkpoints)]
-    cps = []
-    for ref in refs:
+    same_as = {i: g[0] for g in (identical or []) for i in g[1:]}
+    cps, drawn, masks = [], {}, {}
+    for ci, ref in enumerate(refs):
         # language, meaning and neuron structure so the scores are not all near zero
         a = (rng.normal(size=(K, S, L, F)) + rng.normal(size=(K, 1, L, F)) + rng.normal(size=(1, S, L, F))
              + 2.0)
+        mask = rng.random((K, L, F)) < 0.15
+        if ci in same_as:  # the same weights: the same activations, so the same everything
+            a, mask = drawn[same_as[ci]]
+        drawn[ci] = (a, mask)
+        masks[ref["label"]] = mask
         v = a.reshape(K, S, L * F)
         B, D = block_means(v)
         bal = a / np.linalg.norm(a, axis=-1, keepdims=True)  # each layer normalised, then concatenated
@@ -138,7 +153,6 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
         sq = (a ** 2).sum(-1)  # (K, S, L)
         share = (sq / sq.sum(-1, keepdims=True)).mean((0, 1))
         share = share / share.sum()
-        mask = rng.random((K, L, F)) < 0.15
         counts = {lang: [int(c) for c in mask[i].sum(-1)] for i, lang in enumerate(langs)}
         overlap = [[int((mask[i] & mask[j]).sum()) for j in range(K)] for i in range(K)]
         cps.append({
@@ -152,8 +166,11 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
             "meaning_block_means": D.tolist(),
             "key_neurons": {"counts": counts, "total": {k: sum(c) for k, c in counts.items()}, "overlap": overlap},
         })
+    if same_as:  # the same weights give the same numbers, bootstrap intervals included
+        for i, j in same_as.items():
+            cps[i] = {**copy.deepcopy(cps[j]), **refs[i]}
     d = {
-        "schema_version": 1,
+        "schema_version": version,
         "run": {"name": "synthetic <run> & co", "created_utc": "2025-01-02T03:04:05Z", "store": "/tmp/store.zarr",
                 "config": {"model": {"name": "tiny"}, "tau": 2.0, "langs": langs},
                 "model_fingerprint": "sha256:" + "ab" * 32, "corpus_fingerprint": "sha256:" + "cd" * 32,
@@ -171,4 +188,12 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
             abl.insert(0, make_ablation_checkpoint(refs[0]["label"], langs, langs[:-1], R, rng, L * F))
         d["ablation"] = {"eval_corpus": "udhr-heldout", "n_eval_units": 40, "n_random": R, "seed": 7,
                          "checkpoints": abl}
+    if version >= 2:
+        from lingua_ray.evolution import summarise
+
+        if evolution:
+            d["evolution"] = summarise(cps, masks.__getitem__, langs, k=3, level=d["settings"]["ci_level"])
+        d["identical_checkpoints"] = [[refs[i]["label"] for i in g] for g in (identical or [])]
+    if masks_out is not None:
+        masks_out.update(masks)
     return d

@@ -136,7 +136,38 @@ MUTATIONS = [
     (lambda d: d["run"].update(nmae="x"), "run.nmae", "unknown key"),
     (lambda d: d["run"].update(created_utc="2025-01-02T03:04:05"), "run.created_utc", "UTC"),
     (lambda d: d["run"].update(created_utc="yesterday"), "run.created_utc", "ISO 8601"),
-    (lambda d: d.update(schema_version=2), "schema_version", "version 1"),
+    (lambda d: d.update(schema_version=3), "schema_version", "versions 1, 2"),
+    (lambda d: d.update(schema_version=1), "evolution", "needs schema_version 2"),
+    (lambda d: d.update(evolution=None), "evolution", "leave the key out"),
+    (lambda d: d.update(identical_checkpoints=None), "identical_checkpoints", "leave the key out"),
+    (lambda d: d["identical_checkpoints"].append(["step1000"]), "identical_checkpoints[0]", "at least 2"),
+    (lambda d: d["identical_checkpoints"].append(["step1000", "nope"]), "identical_checkpoints[0]", "'nope'"),
+    (lambda d: d["identical_checkpoints"].append(["step2000", "step1000"]), "identical_checkpoints[0]", "grid order"),
+    (lambda d: d["identical_checkpoints"].extend([["step1000", "step2000"], ["step1000", "step2000"]]),
+     "identical_checkpoints[1]", "repeats"),
+    (lambda d: d["evolution"].update(checkpoints=["step1000"]), "evolution.checkpoints", "grid.checkpoints"),
+    (lambda d: d["evolution"].update(k=2), "evolution.k", "k_requested = 3"),
+    (lambda d: d["evolution"].update(interval="bootstrap"), "evolution.interval", "'wilson'"),
+    (lambda d: d["evolution"]["per_layer_lrds"][2].__setitem__(1, 0.5), "evolution.per_layer_lrds[2][1]", "per_layer.lrds[2]"),
+    (lambda d: d["evolution"]["per_layer_sads"].pop(), "evolution.per_layer_sads", "n_layers = 4"),
+    (lambda d: d["evolution"]["per_layer_sads"][0].pop(), "evolution.per_layer_sads[0]", "one per checkpoint"),
+    (lambda d: d["evolution"]["key_counts"]["l1"][3].__setitem__(0, 5), 'evolution.key_counts["l1"]', "column 0"),
+    (lambda d: d["evolution"]["key_counts"].pop("l2"), 'evolution.key_counts["l2"]', "missing"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1].update(n_key=99), 'evolution.edge_share["l0"][1].n_key', "sum to"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1]["last"].update(count=99), 'evolution.edge_share["l0"][1].last.count', "layers [3]"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1]["ends"].update(uniform=0.25), 'evolution.edge_share["l0"][1].ends.uniform', "2/4"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1]["first"].update(share=0.99), 'evolution.edge_share["l0"][1].first.share', "count / n_key"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1]["first"].update(ci=[0.9, 0.95]), 'evolution.edge_share["l0"][1].first.ci', "does not contain"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1]["first"].update(ci=[0.9, 0.1]), 'evolution.edge_share["l0"][1].first.ci', "lo 0.9 > hi 0.1"),
+    (lambda d: d["evolution"]["edge_share"]["l0"][1]["first"].update(p_value=None), 'evolution.edge_share["l0"][1].first.p_value', "is null"),
+    (lambda d: d["evolution"]["edge_share_pooled"][0]["first"].update(count=0), "evolution.edge_share_pooled[0].first.count", "sum to"),
+    (lambda d: d["evolution"]["edge_share_pooled"].pop(), "evolution.edge_share_pooled", "one per checkpoint"),
+    (lambda d: d["evolution"]["jaccard"]["l1"].__setitem__(0, 1.0), 'evolution.jaccard["l1"][0]', "the most the key counts allow"),
+    (lambda d: d["evolution"]["jaccard"]["l1"].__setitem__(0, None), 'evolution.jaccard["l1"][0]', "both key sets are empty"),
+    (lambda d: d["evolution"]["jaccard"]["l1"].append(0.1), 'evolution.jaccard["l1"]', "consecutive pair"),
+    (lambda d: d["evolution"]["jaccard_chance"]["l1"].__setitem__(0, 1.5), 'evolution.jaccard_chance["l1"][0]', "outside"),
+    (lambda d: d["evolution"].update(jaccard=None), "evolution.jaccard_chance", "exactly when jaccard is null"),
+    (lambda d: d["evolution"].update(extra=1), "evolution.extra", "unknown key"),
     (lambda d: d["grid"].update(languages=["l0", "l1", "l1"]), "grid.languages", "repeat"),
     (lambda d: d["grid"]["checkpoints"][0].update(step=-1), "grid.checkpoints[0].step", "outside"),
     (lambda d: d["checkpoints"][1].update(label="other"), "checkpoints[1].label", "grid.checkpoints"),
@@ -314,3 +345,46 @@ def test_enum_in_a_dict_is_written_as_its_value(tmp_path):
     d["settings"]["key_mode"] = KeyMode.zscore
     text = write_results(d, tmp_path).read_text()
     assert '"key_mode": "zscore"' in text
+
+
+# ---------------------------------------------------------------- versions and the evolution keys
+
+
+def test_version_1_file_without_the_new_keys_still_loads(tmp_path):
+    d = make_results(version=1)
+    assert "evolution" not in d and "identical_checkpoints" not in d
+    path = write_results(d, tmp_path)
+    loaded = load_results(path)
+    assert loaded == d and "evolution" not in loaded
+    m = validate_results(loaded)
+    assert m.evolution is None and m.identical_checkpoints is None
+    assert "evolution" not in R.normalize_results(m)  # absent stays absent through the model
+
+
+def test_version_2_keys_may_be_absent_and_round_trip(tmp_path):
+    for d in (make_results(evolution=False), make_results(n_checkpoints=4, identical=[[1, 3]])):
+        assert load_results(write_results(d, tmp_path)) == d
+    d = make_results(n_checkpoints=4, identical=[[1, 3]])
+    assert d["identical_checkpoints"] == [["step2000", "step4000"]]
+    assert d["evolution"]["k"] == 1 and d["evolution"]["k_requested"] == 3  # L = 4 leaves one layer per end
+
+
+def test_an_empty_identical_list_means_checked():
+    d = make_results()
+    assert d["identical_checkpoints"] == [] and validate_results(d).identical_checkpoints == []
+
+
+def test_evolution_model_writes_the_same_bytes_as_its_dict(tmp_path):
+    d = make_results(n_checkpoints=3, identical=[[0, 2]])
+    write_results(d, tmp_path / "dict")
+    write_results(validate_results(d), tmp_path / "model")
+    for name in os.listdir(tmp_path / "dict"):
+        assert (tmp_path / "dict" / name).read_bytes() == (tmp_path / "model" / name).read_bytes(), name
+
+
+def test_version_1_with_evolution_names_the_key():
+    d = make_results()
+    d["schema_version"] = 1
+    d.pop("evolution")
+    with pytest.raises(ResultsError, match=r"^identical_checkpoints: needs schema_version 2 \(the file says 1\)"):
+        validate_results(d)
