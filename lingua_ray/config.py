@@ -225,6 +225,7 @@ class ReduceConfig:
     n_perm: int = 1000
     seed: int = 0
     ci_level: float = 0.95
+    edge_layers: int = 3  # k: key-neuron share of the first k and last k layers (evolution)
 
 
 @dataclass

@@ -115,6 +115,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_key_selection(cfg.reduce, K)
     if not 0 < cfg.reduce.ci_level < 1:
         raise ConfigError(f"reduce.ci_level={cfg.reduce.ci_level} must be in (0, 1)")
+    if cfg.reduce.edge_layers < 1:
+        raise ConfigError(f"reduce.edge_layers={cfg.reduce.edge_layers} must be ≥ 1")
     if cfg.reduce.n_boot < 0 or cfg.reduce.n_perm < 0:
         raise ConfigError("reduce.n_boot and reduce.n_perm must be ≥ 0")
     if cfg.store.unit_block < 1:

@@ -8,16 +8,20 @@ one checkpoint each, lingua_ray/reduce.py) → LRDS/SADS with intervals and p-va
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 
 import numpy as np
 
 import lingua_ray
-from lingua_ray import metrics, schedule, uncertainty
+from lingua_ray import evolution, metrics, schedule, uncertainty
 from lingua_ray.config import KeyMode, RunConfig, fingerprint, resolved
 from lingua_ray.lease import StoreLease
-from lingua_ray.results import write_results
+from lingua_ray.results import SCHEMA_VERSION, write_results
 from lingua_ray.stages.inputs import store_path
 from lingua_ray.store import ActivationStore
+
+
+log = logging.getLogger("lingua_ray")
 
 
 def _stat(value, ci=None, p=None) -> dict:
@@ -112,9 +116,13 @@ def _run(cfg: RunConfig, path: str) -> dict:
         info = store.checkpoint_info(label)
         entries.append({"label": label, "revision": info.revision, "step": info.step, **entry})
     store.consolidate()
+    groups = evolution.identical_checkpoints(store.checkpoint_fingerprints())
+    if groups:
+        log.warning(evolution.identical_message(groups))
+        print(f"[reduce] warning: {evolution.identical_message(groups)}", flush=True)
     key_mode = KeyMode(cfg.reduce.key_mode)
     results = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run": {"name": cfg.run.name, "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "store": path, "config": resolved(cfg),
                 "model_fingerprint": fingerprint(store.checkpoint_fingerprints()),
@@ -129,6 +137,9 @@ def _run(cfg: RunConfig, path: str) -> dict:
                      "ci_level": cfg.reduce.ci_level},
         "checkpoints": entries,
         "ablation": None,
+        "evolution": evolution.summarise(entries, store.read_key_mask, languages, k=cfg.reduce.edge_layers,
+                                         level=cfg.reduce.ci_level),
+        "identical_checkpoints": groups,
     }
     write_results(results, cfg.run.out_dir)
     return results
