@@ -226,6 +226,8 @@ class ReduceConfig:
     seed: int = 0
     ci_level: float = 0.95
     edge_layers: int = 3  # k: key-neuron share of the first k and last k layers (evolution)
+    max_task_bytes: int = 1 << 30  # memory budget of one reduce task: sets its unit block size
+    perm_max_rows: int = 2048  # permutation tests run on all units while K·S ≤ this, else a seeded subsample
 
 
 @dataclass

@@ -117,8 +117,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"reduce.ci_level={cfg.reduce.ci_level} must be in (0, 1)")
     if cfg.reduce.edge_layers < 1:
         raise ConfigError(f"reduce.edge_layers={cfg.reduce.edge_layers} must be ≥ 1")
-    if cfg.reduce.n_boot < 0 or cfg.reduce.n_perm < 0:
-        raise ConfigError("reduce.n_boot and reduce.n_perm must be ≥ 0")
+    if cfg.reduce.n_boot < 1 or cfg.reduce.n_perm < 1:
+        raise ConfigError(f"reduce.n_boot={cfg.reduce.n_boot} and reduce.n_perm={cfg.reduce.n_perm} must be ≥ 1")
+    if cfg.reduce.max_task_bytes <= 0 or cfg.reduce.perm_max_rows <= 0:
+        raise ConfigError("reduce.max_task_bytes and reduce.perm_max_rows must be > 0")
     if cfg.store.unit_block < 1:
         raise ConfigError(f"store.unit_block={cfg.store.unit_block} must be ≥ 1")
     labels = [c.label for c in cfg.model.checkpoints]

@@ -134,6 +134,9 @@ class Settings(_Model):
     n_boot: Count = _doc("bootstrap resamples behind every `ci`", "resamples")
     n_perm: Count = _doc("permutations behind every `p_value`", "permutations")
     seed: int = _doc("seed of bootstrap and permutation")
+    perm_units: Optional[Count] = _doc_optional(
+        "aligned units the permutation tests ran on: all S, or a seeded subsample when K·S exceeds "
+        "`reduce.perm_max_rows` (docs/metrics.md, streamed summaries)", "units")
     ci_level: Annotated[Finite, Field(gt=0, lt=1)] = _doc("coverage of every `ci` (e.g. 0.95)", "fraction")
 
     @model_validator(mode="after")

@@ -157,6 +157,19 @@ def map_tasks(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> list:
     return ray.get([task.remote(*args) for args in calls])
 
 
+def map_tasks_as_completed(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(*calls[index]))`` as each parallel task finishes; each result's reference is
+    dropped once yielded, so the driver never holds more than one result it has not consumed."""
+    task = ray.remote(num_cpus=cfg.reducer_cpus, max_retries=cfg.max_task_retries)(fn)
+    pending = {task.remote(*args): i for i, args in enumerate(calls)}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(done[0])
+        value = ray.get(done[0])
+        del done
+        yield i, value
+
+
 def put(value: Any):
     """Share a large read-only value with every task or actor once (an ObjectRef)."""
     return ray.put(value)

@@ -1,8 +1,9 @@
 """Reduce: scores for every checkpoint in the store; key-neuron arrays written back; results.json.
 
-Flow: refuse an incomplete store → per-layer sufficient statistics as parallel tasks (one layer of
-one checkpoint each, lingua_ray/reduce.py) → LRDS/SADS with intervals and p-values, key neurons
-(metrics.py, uncertainty.py) → key arrays into the store → results.json (results.py schema).
+Flow: refuse an incomplete store → per checkpoint, two passes of parallel tasks (one layer each,
+lingua_ray/reduce.py: squared norms, then (S, S)/(K, K) summaries read in unit blocks under
+reduce.max_task_bytes) added up as they finish → LRDS/SADS with intervals and p-values, key
+neurons → key arrays into the store → evolution across checkpoints → results.json.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import numpy as np
 
 import lingua_ray
-from lingua_ray import evolution, metrics, schedule, uncertainty
+from lingua_ray import evolution, metrics, schedule
 from lingua_ray.config import KeyMode, RunConfig, fingerprint, resolved
 from lingua_ray.lease import StoreLease
 from lingua_ray.results import SCHEMA_VERSION, write_results
@@ -36,18 +37,16 @@ def key_masks(cfg: RunConfig, z: np.ndarray) -> np.ndarray:
     return metrics.top_fraction_masks(z, cfg.reduce.top_fraction)
 
 
-def checkpoint_results(cfg: RunConfig, grams, sum_x, sum_x2, languages: list[str]) -> tuple[dict, dict]:
-    """One checkpoint's results entry and its key-neuron arrays, from sufficient statistics.
+def checkpoint_results(cfg: RunConfig, res: dict, languages: list[str]) -> tuple[dict, dict]:
+    """One checkpoint's results entry and its key-neuron arrays, from its streamed summaries.
 
-    grams (L, N, N), sum_x / sum_x2 (K, L, F). Returns (entry without label fields, arrays).
+    res: reduce.CheckpointSums.results() — scores, bootstrap, permutation, sum_x / sum_x2 (K, L, F).
+    Returns (entry without label fields, arrays).
     """
     K = len(languages)
-    S = grams.shape[1] // K
-    r = cfg.reduce
-    sc = metrics.scores_from_grams(grams, K, S)
-    boot = uncertainty.bootstrap_ci(grams, K, S, n_boot=r.n_boot, seed=r.seed, level=r.ci_level, per_layer=True)
-    perm = uncertainty.permutation_test(grams, K, S, n_perm=r.n_perm, seed=r.seed, per_layer=True)
-    score, z = metrics.key_neuron_zscores(sum_x, sum_x2, S)
+    sc, boot, perm = res["scores"], res["bootstrap"], res["permutation"]
+    S = sc["D"].shape[0]
+    score, z = metrics.key_neuron_zscores(res["sum_x"], res["sum_x2"], S)
     mask = key_masks(cfg, z)
     counts = metrics.key_counts(mask)  # (K, L)
     flat = mask.reshape(K, -1).astype(np.int64)
@@ -57,7 +56,7 @@ def checkpoint_results(cfg: RunConfig, grams, sum_x, sum_x2, languages: list[str
         pick = (lambda x: np.asarray(x)[i]) if i is not None else (lambda x: x)
         return _stat(pick(b.estimate), (pick(b.lo), pick(b.hi)), pick(p.p_value))
 
-    L = grams.shape[0]
+    L = score.shape[1]
     entry = {
         "overall": {"lrds": pair("overall", "lrds"), "sads": pair("overall", "sads")},
         "overall_balanced": {"lrds": pair("balanced", "lrds"), "sads": pair("balanced", "sads")},
@@ -75,17 +74,29 @@ def checkpoint_results(cfg: RunConfig, grams, sum_x, sum_x2, languages: list[str
     return entry, {"score": score, "z": z, "mask": mask}
 
 
-def sufficient_statistics(cfg: RunConfig, path: str, checkpoint: str, L: int, K: int, S: int):
-    """(grams (L, N, N), sum_x (K, L, F), sum_x2 (K, L, F)) of one checkpoint, one task per layer."""
-    from lingua_ray.reduce import layer_gram, layer_neuron_sums
+def checkpoint_summaries(cfg: RunConfig, path: str, plan, checkpoint: str, L: int, where: str) -> dict:
+    """Two passes of one task per layer (reduce.py): squared norms, then the layer summaries, added
+    up as they finish. Nothing of size (K·S)² exists; nothing outlives the checkpoint."""
+    from lingua_ray.reduce import CheckpointSums, layer_sq_norms, layer_summary
+    from lingua_ray.summaries import Norms
 
     stat = getattr(cfg.reduce.statistic, "value", cfg.reduce.statistic)
-    grams = np.stack(schedule.map_tasks(layer_gram, [(path, checkpoint, layer, stat) for layer in range(L)],
-                                        cfg.cluster))
-    norms = schedule.put(metrics.unit_norms(grams, K, S))
-    sums = schedule.map_tasks(layer_neuron_sums, [(path, checkpoint, layer, norms, stat) for layer in range(L)],
-                              cfg.cluster)
-    return grams, np.stack([s[0] for s in sums], 1), np.stack([s[1] for s in sums], 1)
+    plan_ref = schedule.put(plan)
+    qs: list = [None] * L
+    for layer, q in schedule.map_tasks_as_completed(
+            layer_sq_norms, [(path, checkpoint, layer, plan_ref, stat) for layer in range(L)], cfg.cluster):
+        qs[layer] = q
+    norms = Norms.from_layers(qs)
+    del qs
+    sums = CheckpointSums(plan, norms)
+    norms_ref = schedule.put(norms)
+    calls = [(path, checkpoint, layer, plan_ref, norms_ref, stat) for layer in range(L)]
+    progress = schedule.Progress(L, f"reduce {where}", every=10.0)
+    for _, summary in schedule.map_tasks_as_completed(layer_summary, calls, cfg.cluster):
+        sums.add(summary)
+        del summary
+        progress.update(1)
+    return sums.results()
 
 
 def run(cfg: RunConfig) -> dict:
@@ -108,10 +119,17 @@ def _run(cfg: RunConfig, path: str) -> dict:
     settings = {"tau": cfg.reduce.tau, "key_mode": KeyMode(cfg.reduce.key_mode).value,
                 "top_fraction": cfg.reduce.top_fraction,
                 "statistic": getattr(cfg.reduce.statistic, "value", cfg.reduce.statistic)}
+    from lingua_ray.reduce import plan_for_store
+
+    r = cfg.reduce
+    plan = plan_for_store(path, n_boot=r.n_boot, n_perm=r.n_perm, seed=r.seed, level=r.ci_level,
+                          max_task_bytes=r.max_task_bytes, perm_max_rows=r.perm_max_rows)
     entries = []
-    for label in store.checkpoints:
+    for c, label in enumerate(store.checkpoints):
         # One checkpoint at a time: nothing of one checkpoint outlives it on the driver.
-        entry, arrays = checkpoint_results(cfg, *sufficient_statistics(cfg, path, label, L, K, S), languages)
+        res = checkpoint_summaries(cfg, path, plan, label, L, f"checkpoint {c + 1}/{C} {label}: layers")
+        entry, arrays = checkpoint_results(cfg, res, languages)
+        del res
         store.write_key_neurons(label, arrays, settings)
         info = store.checkpoint_info(label)
         entries.append({"label": label, "revision": info.revision, "step": info.step, **entry})
@@ -134,7 +152,7 @@ def _run(cfg: RunConfig, path: str) -> dict:
         "settings": {"tau": cfg.reduce.tau if key_mode is KeyMode.zscore else None,
                      "key_mode": key_mode.value, "top_fraction": cfg.reduce.top_fraction,
                      "n_boot": cfg.reduce.n_boot, "n_perm": cfg.reduce.n_perm, "seed": cfg.reduce.seed,
-                     "ci_level": cfg.reduce.ci_level},
+                     "perm_units": plan.S_p, "ci_level": cfg.reduce.ci_level},
         "checkpoints": entries,
         "ablation": None,
         "evolution": evolution.summarise(entries, store.read_key_mask, languages, k=cfg.reduce.edge_layers,
