@@ -9,10 +9,12 @@ uncertainty.permutation_test (the Gram-path reference), in the same order from t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+from lingua_ray.uncertainty import Interval, PermutationResult  # one definition of each
 
 from lingua_ray import metrics
 from lingua_ray.metrics import _TIE_TOL
@@ -136,30 +138,6 @@ def sads_null(C: np.ndarray, K: int, S: int, sigma: np.ndarray) -> np.ndarray:
     rows = (np.arange(K)[:, None] * S + sigma).transpose(0, 2, 1)  # (R, S, K)
     same = _gather_sum(C, rows) - np.trace(C)
     return same / (K * (K - 1) * S) - (cross_all - same) / (K * (K - 1) * S * (S - 1))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Point estimate and percentile interval; floats, or (L,) arrays for per-layer scopes."""
-
-    estimate: float | np.ndarray
-    lo: float | np.ndarray
-    hi: float | np.ndarray
-
-    def to_dict(self) -> dict:
-        return {k: np.asarray(v).tolist() for k, v in vars(self).items()}
-
-
-@dataclass(frozen=True)
-class PermutationResult:
-    """Observed statistic on the permutation units, one-sided p-value, the null draws (..., n_perm)."""
-
-    observed: float | np.ndarray
-    p_value: float | np.ndarray
-    null: np.ndarray = field(repr=False)
-
-    def to_dict(self) -> dict:
-        return {"observed": np.asarray(self.observed).tolist(), "p_value": np.asarray(self.p_value).tolist()}
 
 
 @dataclass
