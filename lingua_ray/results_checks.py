@@ -75,12 +75,28 @@ def normalize_results(d: Any, *, nan_to_null: bool = False, _path: str = "") -> 
 
 
 def _dump(m: BaseModel) -> dict:
-    """A model's dict, without the optional fields (``_doc_optional``) it leaves unset: absent stays absent."""
+    """A model's dict, without the optional fields (``_doc_optional``) it leaves unset, at any depth:
+    absent stays absent."""
     out = m.model_dump()
-    for name, f in type(m).model_fields.items():
-        if not f.is_required() and out.get(name) is None:
-            out.pop(name, None)
+    _strip_unset(m, out)
     return out
+
+
+def _strip_unset(m: BaseModel, out: dict) -> None:
+    for name, f in type(m).model_fields.items():
+        v = getattr(m, name)
+        if v is None and not f.is_required():
+            out.pop(name, None)
+        elif isinstance(v, BaseModel):
+            _strip_unset(v, out[name])
+        elif isinstance(v, list):
+            for x, o in zip(v, out[name]):
+                if isinstance(x, BaseModel):
+                    _strip_unset(x, o)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(x, BaseModel):
+                    _strip_unset(x, out[name][k])
 
 
 def plain_value(v: Any) -> Any:
