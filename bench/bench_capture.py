@@ -1,12 +1,14 @@
 """Capture on an accelerator (or CPU): correctness per adapter, then batched vs one-at-a-time speed.
 
     python bench/bench_capture.py [--device cuda] [--quick]
+    python bench/bench_capture.py --real [--pack-widths 64,128,256] [--rounds 3] [--single] [--threads 1] [--units N]
 
 1. For every tiny adapter config: batched capture equals one-at-a-time (METHOD tolerance) in float32,
    and the bfloat16 difference is printed; an empty deactivation mask reproduces logits exactly.
 2. Speed: the same texts through a random-initialised LLaMA-shaped model (default ~0.5B params),
    batched under a token budget vs batch size 1 (the authors' release ran one sentence per call),
    printing tokens/s of each, their ratio, and peak device memory.
+3. ``--real``: the offline default model on UDHR units, packed rows vs right padding (``bench_real``).
 Needs only torch, transformers, numpy and lingua_ray's capture/ablation/hooks modules (no Ray, no Zarr).
 """
 
@@ -99,30 +101,75 @@ def bench_speed(device: str, quick: bool) -> None:
     print(f"ratio batched / one-at-a-time: {r_b / r_s:.1f}x")
 
 
-def bench_real(device: str, languages: list[str]) -> None:
-    """The offline default: Gemma-3-270M on UDHR units, batched vs one at a time."""
-    from lingua_ray.config import CorpusConfig, ModelConfig
-    from lingua_ray.corpus import load_corpus
-    from lingua_ray.models.loading import load_checkpoint
+def bench_real(device: str, languages: list[str], rounds: int, widths: list[int], single: bool,
+               units: int | None = None) -> None:
+    """The offline default: Gemma-3-270M on UDHR units; packed (each width) vs padded, round-robin.
 
-    cfg = ModelConfig()
-    model, tok = load_checkpoint(cfg, cfg.checkpoints[0], device)
-    corpus = load_corpus(CorpusConfig(source="udhr", languages=languages))
-    xs = [t for lang in languages for t in corpus.texts(lang)]
+    Ways: packed rows of each ``--pack-widths`` width with the forward stopped after the last
+    capture point (the default at PACK_WIDTH), the default width without the stop, and right
+    padding without the stop (the layout before issue 11); with ``--single`` also one unit per
+    forward (METHOD's tolerance check). Wall-clock and CPU-time tokens/s, the body's useful FLOPs
+    as a share of the fp32 matmul rate measured between rounds, and each way's max deviation
+    from the padded one.
+    """
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from benchlib import CLOCKS, body_flops, env_line, matmul_rate, real_model, spaced, udhr_texts
+
+    from lingua_ray import batching
+
+    model, tok = real_model(device)
+    xs = [t for ts in udhr_texts(languages).values() for t in spaced(ts, units)]
     cap = CaptureConfig()  # the defaults the pipeline uses
+    default_width = batching.PACK_WIDTH
+
+    def way(width, pack, stop, cfg=cap, one=False):
+        def run():
+            batching.PACK_WIDTH = width
+            try:
+                if one:
+                    return np.stack([capture_texts(model, tok, [t], cfg, pack=False).stats["mean"][0] for t in xs])
+                return capture_texts(model, tok, xs, cfg, pack=pack, stop=stop).stats["mean"]
+            finally:
+                batching.PACK_WIDTH = default_width
+        return run
+
+    ways = {f"packed w={w} + stop" + (" (default)" if w == default_width else ""): way(w, True, True) for w in widths}
+    ways[f"packed w={default_width}, no stop"] = way(default_width, True, False)
+    ways["padded, no stop (before)"] = way(default_width, False, False)
+    if single:
+        ways["one unit per forward"] = way(default_width, False, False, one=True)
+    lengths = [len(x) for x in tok(xs)["input_ids"]]
+    n_own = sum(len(m) - sum(m) for m in tok(xs, return_special_tokens_mask=True)["special_tokens_mask"])
+    flops = body_flops(model, lengths)
+    print(env_line(device))
+    print(f"Gemma-3-270M, UDHR {languages}: {len(xs)} units, {sum(lengths)} tokens ({n_own} own), "
+          f"{flops / sum(lengths) / 1e6:.0f} MFLOP/token (body)", flush=True)
     capture_texts(model, tok, xs[:4], cap)  # warm-up
-    t0 = time.perf_counter()
-    got = capture_texts(model, tok, xs, cap)
-    t_b = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    single = np.stack([capture_texts(model, tok, [t], cap).stats["mean"][0] for t in xs])
-    t_s = time.perf_counter() - t0
-    n = int(got.n_tokens.sum())
-    rel = float((np.abs(got.stats["mean"] - single).max(axis=(1, 2)) / np.abs(single).max(axis=(1, 2))).max())
-    print(f"Gemma-3-270M, UDHR {languages}: {len(xs)} units, {n} own tokens, torch threads {torch.get_num_threads()}")
-    print(f"batched (budget {cap.token_budget}): {n / t_b:,.0f} tokens/s ({t_b:.1f} s)")
-    print(f"one at a time:          {n / t_s:,.0f} tokens/s ({t_s:.1f} s)")
-    print(f"ratio batched / one-at-a-time: {t_s / t_b:.2f}x; max relative difference {rel:.1e}")
+    times = {k: {c: [] for c in CLOCKS} for k in ways}
+    rates = {c: [matmul_rate(device=device, clock=c)] for c in CLOCKS}
+    got = {}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            t0 = {c: f() for c, f in CLOCKS.items()}
+            got[name] = fn()
+            for c, f in CLOCKS.items():
+                times[name][c].append(f() - t0[c])
+        for c in CLOCKS:
+            rates[c].append(matmul_rate(device=device, clock=c))
+    ref = got["padded, no stop (before)"]
+    scale = np.abs(ref).max(axis=(1, 2))
+    for c in CLOCKS:
+        rate = statistics.median(rates[c])
+        print(f"[{c} time] fp32 matmul rate {rate / 1e9:.1f} GFLOP/s (median of {len(rates[c])})")
+        base = statistics.median(times["padded, no stop (before)"][c])
+        for name in ways:
+            t = statistics.median(times[name][c])
+            dev = float((np.abs(got[name] - ref).max(axis=(1, 2)) / scale).max())
+            print(f"  {name:32s} {n_own / t:7.0f} tokens/s  x{base / t:4.2f} vs padded  "
+                  f"{flops / t / rate:4.0%} of matmul  max rel. dev. {dev:.1e}  rounds "
+                  f"{', '.join(f'{x:.1f}' for x in times[name][c])}")
 
 
 def main() -> None:
@@ -130,9 +177,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--real", action="store_true", help="only the offline Gemma-3-270M on UDHR comparison")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pack-widths", default="128", help="--real: packed row widths to compare, e.g. 64,128,256")
+    ap.add_argument("--single", action="store_true", help="--real: also one unit per forward")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--units", type=int, default=None, help="--real: units per language, evenly spaced (default all)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.real:
-        bench_real(a.device, ["en", "zh", "ar"])
+        bench_real(a.device, ["en", "zh", "ar"], a.rounds, [int(w) for w in a.pack_widths.split(",")], a.single, a.units)
         return
     name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
     print(f"device {a.device} ({name}), torch {torch.__version__}", flush=True)

@@ -169,10 +169,29 @@ class StoreConfig:
 
 @dataclass
 class RunInfo:
-    """name: used in output paths. out_dir: where results, report and (by default) the store go."""
+    """name: used in output paths. out_dir: where results, report and (by default) the store go.
+    storage_root: the absolute folder relative out_dir / store.path resolve against
+    (None = $LINGUA_RAY_STORAGE_ROOT; lingua_ray/storage.py)."""
 
     name: str = "gemma3-270m-udhr"
     out_dir: str = "runs/${run.name}"
+    storage_root: Optional[str] = None
+
+
+@dataclass
+class FollowConfig:
+    """What a follow tick watches (``follow.*`` on the command line of workflows/follow.py).
+
+    watch: a folder; each subfolder holding a model is a checkpoint, labelled by its name.
+    hub_refs: a glob (``global_step*``) over the branches and tags of ``model.hf_id``.
+    min_age_s: a folder whose newest file is younger than this is still being written: skipped.
+    wait: in job mode, block until the job ends and exit with its status (cron + flock cover the run).
+    """
+
+    watch: Optional[str] = None
+    hub_refs: Optional[str] = None
+    min_age_s: float = 120.0
+    wait: bool = True
 
 
 @dataclass
@@ -374,7 +393,7 @@ from lingua_ray.config_checks import (check_capture, check_key_selection, to_run
 
 __all__ = [
     "AblationConfig", "CaptureConfig", "EvalCorpusConfig", "CheckpointConfig", "ClusterConfig", "ConfigError", "CorpusConfig",
-    "DType", "KeyMode", "LRSchedule", "ModelConfig", "ModelSource", "ReduceConfig", "RunConfig", "RunInfo",
+    "DType", "FollowConfig", "KeyMode", "LRSchedule", "ModelConfig", "ModelSource", "ReduceConfig", "RunConfig", "RunInfo",
     "SplitConfig", "Stage", "Statistic", "StoreConfig", "TrajectoryConfig", "check_capture",
     "check_key_selection", "fingerprint", "register_configs", "resolved", "to_run_config", "validate",
 ]

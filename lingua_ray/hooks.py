@@ -11,8 +11,10 @@ that an ablation or a capture actually happened: a forward that bypasses the hoo
 silently read nothing or zero nothing.
 
 Two managers sit on ``HookSet``:
-    ``Reader``          READ: per-unit statistics (B, L, F) float32 from ``STATISTICS``;
-                        per-token tensors never leave the device.
+    ``Reader``          READ: per-unit statistics (U, L, F) float32 from ``STATISTICS``, for
+                        the U units of a packed or padded batch (``batching.UnitPositions``);
+                        per-token tensors never leave the device; the forward may stop after
+                        the last read (``StopForward``).
     ``zero_neurons``    ZERO: a bool mask (L, F) written as exact zeros in the model's dtype.
 
 A new statistic is one function registered in ``STATISTICS`` (``@statistic("name")``),
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lingua_ray.batching import UnitPositions
 from lingua_ray.config import ConfigError, Statistic
 from lingua_ray.models.adapters import get_adapter
 from lingua_ray.registry import Registry
@@ -196,28 +199,8 @@ class HookSet:
 
 
 @dataclass(frozen=True)
-class UnitPositions:
-    """Which positions of a right-padded batch are each unit's own tokens T(s).
-
-    own: (B, T) integer, 1 on own tokens (not special, not padding). own_f: own as float32.
-    counts: (B,) integer, |T(s)| ≥ 1. last: (B,) long, index of the last own token.
-    """
-
-    own: torch.Tensor
-    own_f: torch.Tensor
-    counts: torch.Tensor
-    last: torch.Tensor
-
-    @classmethod
-    def of(cls, own: torch.Tensor) -> "UnitPositions":
-        positions = torch.arange(own.shape[1], device=own.device).expand_as(own)
-        last = torch.where(own > 0, positions, -1).amax(1)
-        return cls(own=own, own_f=own.float(), counts=own.sum(1), last=last)
-
-
-@dataclass(frozen=True)
 class StatisticSpec:
-    """One per-unit statistic: ``reduce(x (B, T, F), units) -> (B, F) float32``, at hook point ``point``."""
+    """One per-unit statistic: ``reduce(x (B, T, F), units) -> (U, F) float32``, at hook point ``point``."""
 
     name: str
     reduce: Callable[[torch.Tensor, UnitPositions], torch.Tensor]
@@ -231,7 +214,7 @@ STATISTICS: Registry[StatisticSpec] = Registry(
 
 
 def statistic(name: str, point: str = DOWN_PROJ_INPUT.name):
-    """Decorator: register ``fn(x, units) -> (B, F) float32`` as statistic ``name`` at ``point``."""
+    """Decorator: register ``fn(x (B, T, F), units: UnitPositions) -> (U, F) float32`` as statistic ``name``."""
 
     def deco(fn):
         STATISTICS.register(name, StatisticSpec(name, fn, point))
@@ -240,24 +223,24 @@ def statistic(name: str, point: str = DOWN_PROJ_INPUT.name):
     return deco
 
 
-# Sums are taken in float32 so a bf16 model's sums don't lose precision.
+# Sums are taken in float32 so a bf16 model's sums don't lose precision (``.float()`` is free for
+# a float32 model: it returns u itself, so the hook holds no second copy of the activation).
 @statistic(Statistic.mean.value)
 def _mean(u: torch.Tensor, units: UnitPositions) -> torch.Tensor:
     """mean over t in T(s) of u[t, k]   (METHOD.md; the default)."""
-    return torch.einsum("btf,bt->bf", u.float(), units.own_f) / units.counts[:, None]
+    return units.sum(u.float()) / units.counts[:, None]
 
 
 @statistic(Statistic.last.value)
 def _last(u: torch.Tensor, units: UnitPositions) -> torch.Tensor:
     """u[t_last, k], t_last the last own token."""
-    idx = units.last.view(-1, 1, 1).expand(-1, 1, u.shape[-1])
-    return torch.gather(u, 1, idx)[:, 0].float()
+    return u.reshape(-1, u.shape[-1])[units.last].float()
 
 
 @statistic(Statistic.pos_frac.value)
 def _pos_frac(u: torch.Tensor, units: UnitPositions) -> torch.Tensor:
     """fraction of t in T(s) with u[t, k] > 0   (LAPE-style activation probability)."""
-    return torch.einsum("btf,bt->bf", (u > 0).float(), units.own_f) / units.counts[:, None]
+    return units.sum((u > 0).float()) / units.counts[:, None]
 
 
 def statistic_names(statistics: Sequence[str | Statistic]) -> list[str]:
@@ -268,23 +251,31 @@ def statistic_names(statistics: Sequence[str | Statistic]) -> list[str]:
     return names
 
 
+class StopForward(Exception):
+    """Raised by a ``Reader`` hook once every hooked layer has been read: the rest of the forward
+    (the last down-projection, the final norm) computes nothing the statistics need. ``Reader.run``
+    catches it; it never escapes a ``Reader``."""
+
+
 class Reader:
     """READ hooks: each forward reduces the hooked tensors to per-unit statistics on the device.
 
     Usage::
 
-        with Reader(model, ["mean", "pos_frac"], error=CaptureError) as reader:
-            reader.start(own)          # (B, T) own-token mask of the coming batch, on the device
-            body(...)                  # one forward
-            stats = reader.collect()   # {name: (B, L, F) float32}, raises if a layer's hook did not run
+        with Reader(model, ["mean", "pos_frac"], error=CaptureError, stop=True) as reader:
+            reader.start(units)        # UnitPositions of the coming batch (or a (B, T) own mask), on the device
+            reader.run(body, **inputs) # one forward; with stop=True it ends after the last read
+            stats = reader.collect()   # {name: (U, L, F) float32}, raises if a layer's hook did not run
 
     One ``HookSet`` per hook point the statistics use, hooked on every layer.
     """
 
-    def __init__(self, model: nn.Module, statistics: Sequence[str | Statistic], error: type[Exception] = HookError):
+    def __init__(self, model: nn.Module, statistics: Sequence[str | Statistic], error: type[Exception] = HookError,
+                 stop: bool = False):
         self.specs = [STATISTICS.get(name) for name in statistic_names(statistics)]
         if not self.specs:
             raise error("no statistics to read")
+        self.stop = stop
         self._units: UnitPositions | None = None
         self._out: dict[str, list[torch.Tensor | None]] = {}
         self._marks: list[dict[int, int]] = []
@@ -292,17 +283,23 @@ class Reader:
         for point in dict.fromkeys(spec.point for spec in self.specs):
             specs = [s for s in self.specs if s.point == point]
             n_layers = len(_point(point).modules(model))
-            self.sets.append(HookSet(model, {layer: self._reduce(specs, layer) for layer in range(n_layers)},
-                                     point, role="read", error=error))
+            self.sets.append(HookSet(model, {layer: self._reduce(specs, layer, n_layers - 1)
+                                             for layer in range(n_layers)}, point, role="read", error=error))
         self._stack = ExitStack()
 
-    def _reduce(self, specs: list[StatisticSpec], layer: int) -> TensorFn:
+    def _reduce(self, specs: list[StatisticSpec], layer: int, last: int) -> TensorFn:
         def fn(x: torch.Tensor) -> None:
             for spec in specs:
                 self._out[spec.name][layer] = spec.reduce(x, self._units)
+            if self.stop and layer == last and self._all_read():
+                raise StopForward
             return None  # read only: the forward goes on unchanged
 
         return fn
+
+    def _all_read(self) -> bool:
+        """Every set's last layer has run since ``start`` (a set's hook counts its call before fn runs)."""
+        return all(hs.calls[hs.layers[-1]] > mark.get(hs.layers[-1], 0) for hs, mark in zip(self.sets, self._marks))
 
     def __enter__(self) -> "Reader":
         for hook_set in self.sets:
@@ -312,15 +309,23 @@ class Reader:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def start(self, own: torch.Tensor) -> None:
-        """Prepare for one batch. own: (B, T) integer, 1 on own tokens, on the model's device; every row ≥ 1."""
-        self._units = UnitPositions.of(own)
+    def start(self, units: UnitPositions | torch.Tensor) -> None:
+        """Prepare for one batch: its ``UnitPositions``, or a (B, T) integer own mask (one unit per row,
+        every row ≥ 1 own token), on the model's device."""
+        self._units = units if isinstance(units, UnitPositions) else UnitPositions.of(units)
         self._out = {spec.name: [None] * len(hs.modules) for hs in self.sets for spec in self.specs
                      if spec.point == hs.point.name}
         self._marks = [hs.mark() for hs in self.sets]
 
+    def run(self, body: nn.Module, **inputs) -> None:
+        """``body(**inputs)``; with ``stop`` the forward ends at the last read (``StopForward``, caught here)."""
+        try:
+            body(**inputs)
+        except StopForward:
+            pass
+
     def collect(self, during: str = "") -> dict[str, torch.Tensor]:
-        """{name: (B, L, F) float32} of the batch since ``start``, in the order statistics were given."""
+        """{name: (U, L, F) float32} of the batch since ``start``, in the order statistics were given."""
         for hook_set, mark in zip(self.sets, self._marks, strict=True):
             hook_set.check_fired(mark, during)
         return {spec.name: torch.stack(self._out[spec.name], 1) for spec in self.specs}

@@ -15,6 +15,7 @@ from lingua_ray import atomic
 from lingua_ray.config import RunConfig, Stage, resolved, validate
 from lingua_ray.stages import ablate, record, reduce, report
 from lingua_ray.stages.inputs import corpora
+from lingua_ray.storage import durable
 
 
 @dataclass
@@ -45,6 +46,7 @@ def run(cfg: RunConfig, stages: Sequence[Stage | str] | None = None) -> Pipeline
     """Run ``stages`` (default ``cfg.stages``) in pipeline order; nothing is written until the
     preflight passed, so a refused run changes nothing."""
     wanted = {Stage(s) for s in (cfg.stages if stages is None else stages)}
+    cfg = durable(cfg)  # relative outputs under the storage root; refused when they would be lost
     preflight(cfg, wanted)
     out = PipelineResult()
     out_dir = Path(cfg.run.out_dir)

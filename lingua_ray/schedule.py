@@ -154,7 +154,11 @@ def run_units(units: Sequence[WorkUnit], actors: list, submit: Callable, on_done
 def map_tasks(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> list:
     """``[fn(*args) for args in calls]`` as parallel Ray tasks (retried), results in call order."""
     task = ray.remote(num_cpus=cfg.reducer_cpus, max_retries=cfg.max_task_retries)(fn)
-    return ray.get([task.remote(*args) for args in calls])
+    refs = [task.remote(*args) for args in calls]
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        _raise_cause(e, refs)
 
 
 def map_tasks_as_completed(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> Iterator[tuple[int, Any]]:
@@ -165,9 +169,32 @@ def map_tasks_as_completed(fn: Callable, calls: Sequence[tuple], cfg: ClusterCon
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(done[0])
-        value = ray.get(done[0])
+        try:
+            value = ray.get(done[0])
+        except ray.exceptions.RayTaskError as e:
+            _raise_cause(e, list(pending))
         del done
         yield i, value
+
+
+def _raise_cause(err: "ray.exceptions.RayTaskError", others: Sequence) -> None:
+    """Re-raise a failed task's own exception (a one-line error such as StoreError naming the
+    damaged cell), not RayTaskError, whose text is the remote traceback. The other tasks are
+    cancelled and their results fetched, so Ray prints no unfetched tracebacks at exit."""
+    for ref in others:
+        try:
+            ray.cancel(ref)
+        except Exception:  # noqa: BLE001 - already finished or gone
+            pass
+    for ref in others:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - cancelled or failed too: the first failure is the one reported
+            pass
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, Exception):
+        raise cause from None
+    raise err
 
 
 def put(value: Any):

@@ -343,7 +343,10 @@ class ActivationStore:
     def read_layer_block(self, checkpoint: str, layer: int, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, s1 - s0, F): units s0:s1 of one layer of one checkpoint."""
         c = self._index(checkpoint, self.languages[0])[0]
-        return self.group[stat_array(stat)][c, :, s0:s1, layer, :]
+        try:
+            return self.group[stat_array(stat)][c, :, s0:s1, layer, :]
+        except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
+            raise self._locate_damage(checkpoint, c, layer, stat, e) from e
 
     def n_tokens(self, checkpoint: str) -> np.ndarray:
         """int32 (K, S): own tokens each cell averaged over."""

@@ -87,3 +87,69 @@ def test_pad_id_falls_back_without_touching_the_tokenizer(ids, expected):
     tok = SimpleNamespace(pad_token_id=ids[0], eos_token_id=ids[1], unk_token_id=ids[2])
     assert pad_id_of(tok) == expected
     assert tok.pad_token_id == ids[0]
+
+
+# --------------------------------------------------------------------------- packed rows
+
+from lingua_ray.batching import UnitPositions, collate_packed, plan_packed, supports_packing  # noqa: E402
+from lingua_ray.models.tiny import tiny_model  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 300), max_size=80), budget=st.integers(8, 1200), width=st.integers(1, 200))
+def test_plan_packed_properties(lengths, budget, width):
+    out = plan_packed(lengths, budget, width)
+    assert sorted(i for f in out for row in f for i in row) == list(range(len(lengths)))  # each index once
+    w = min(width, budget)
+    for f in out:
+        fills = [sum(lengths[i] for i in row) for row in f]
+        first = max(lengths[row[0]] for row in f)
+        cap = max(w, first)
+        assert all(fill <= cap for fill in fills)  # a row never overflows its forward's width
+        assert len(f) * max(fills) <= budget or (len(f) == 1 and len(f[0]) >= 1 and fills[0] == max(fills))
+        for row in f:
+            assert sum(lengths[i] > w for i in row) <= 1  # a long text opens its own row
+
+
+def test_plan_packed_fills_rows_and_long_tails():
+    rng = np.random.default_rng(0)  # UDHR-like: most units 10-80 tokens, a few paragraphs of 300-400
+    lengths = [403, 352, 331] + np.clip(rng.lognormal(np.log(30), 0.5, 150), 8, 120).astype(int).tolist()
+    out = plan_packed(lengths, 8192, 128)
+    slots = sum(len(f) * max(sum(lengths[i] for i in row) for row in f) for f in out)
+    padded = sum(len(b) * lengths[b[0]] for b in plan_batches(lengths, 8192))
+    assert slots <= 1.03 * sum(lengths) and padded > 1.1 * sum(lengths)
+    assert [len(row) for row in out[0]][1:] > [1, 1]  # the shorter long rows' tails hold short texts
+
+
+def test_collate_packed_layout():
+    ids = [[1, 7, 8], [1, 9, 10, 11, 2], [1], [1, 5]]
+    special = [[1, 0, 0], [1, 0, 0, 0, 1], [1], [1, 0]]
+    b = collate_packed(ids, [[1, 2], [0, 3]], pad_id=0, special_masks=special)
+    assert b.packed and b.index == [1, 2, 0, 3] and b.lengths == [5, 1, 3, 2]
+    assert b.rows == [0, 0, 1, 1] and b.starts == [0, 5, 0, 3] and b.width == 6
+    assert b.input_ids.tolist() == [[1, 9, 10, 11, 2, 1], [1, 7, 8, 1, 5, 0]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 0, 1, 0]]  # the pad tail restarts
+    assert b.segment.tolist() == [[0, 0, 0, 0, 0, 1], [2, 2, 2, 3, 3, -1]]
+    assert b.own.tolist() == [[0, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 0]]
+    inputs = b.model_inputs("cpu")
+    assert set(inputs) == {"input_ids", "position_ids"}  # no attention mask: packed detection needs None
+    assert set(collate(ids, [0, 1], 0).model_inputs("cpu")) == {"input_ids", "attention_mask"}
+
+
+def test_unit_positions_of_a_packed_batch():
+    ids = [[1, 7, 8], [1, 9, 10, 11, 2], [1, 4], [1, 5]]
+    special = [[1, 0, 0], [1, 0, 0, 0, 1], [1, 0], [1, 0]]
+    b = collate_packed(ids, [[1, 2], [0, 3]], pad_id=0, special_masks=special)
+    u = UnitPositions.of_batch(b, "cpu")
+    assert u.counts.tolist() == [3, 1, 2, 1]
+    T = b.input_ids.shape[1]
+    assert T == 7  # the longer row: 5 + 2 tokens
+    assert u.last.tolist() == [3, 6, T + 2, T + 4]  # flat b*T + t of each unit's last own token
+    assert u.slots.shape == (2, 2, T) and u.row.tolist() == [0, 0, 1, 1] and u.slot.tolist() == [0, 1, 0, 1]
+    x = torch.arange(2.0 * T).reshape(2, T, 1)
+    assert u.sum(x)[:, 0].tolist() == [1 + 2 + 3, 6, (T + 1) + (T + 2), T + 4]
+
+
+def test_supports_packing_is_checked_per_model():
+    assert supports_packing(tiny_model("llama")) is True
+    assert supports_packing(tiny_model("bloom")) is False  # ALiBi from the mask: texts would see each other

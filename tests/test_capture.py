@@ -86,3 +86,62 @@ def test_per_token_activations_stay_on_device():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     got = capture_texts(model, tok, ["abc", "defgh"])
     assert got.stats["mean"].shape == (2, 2, 24) and got.stats["mean"].dtype == np.float32
+
+
+# --------------------------------------------------------------------------- packed rows and the early stop
+
+from lingua_ray.models.tiny import TINY_TYPES  # noqa: E402
+
+PACK_TEXTS = ["the quick brown fox", "a", "jumps over", "the lazy dog sleeps all day long" * 5, "zz top", "hi",
+              "x" * 140, "ok then", "y" * 30]
+
+
+def rel_dev(a, b):
+    return float((np.abs(a - b).max(axis=(1, 2)) / np.abs(b).max(axis=(1, 2))).max())
+
+
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_default_capture_equals_one_unit_at_a_time(model_type):
+    """METHOD: batched = one at a time (float32, ≤ 1e-4 of the vector's max), packed or padded."""
+    model, tok = tiny_model(model_type), tiny_tokenizer(add_eos=True)
+    cfg = CaptureConfig(token_budget=256, max_tokens=200, statistics=["mean", "last", "pos_frac"])
+    got = capture_texts(model, tok, PACK_TEXTS, cfg)  # packed where supports_packing, stopped early
+    padded = capture_texts(model, tok, PACK_TEXTS, cfg, pack=False, stop=False)
+    for i, text in enumerate(PACK_TEXTS):
+        one = capture_texts(model, tok, [text], cfg, pack=False, stop=False)
+        for name in cfg.statistics:
+            assert rel_dev(got.stats[name][i : i + 1], one.stats[name]) <= 1e-4, (name, text)
+        assert got.n_tokens[i] == one.n_tokens[0]
+    assert rel_dev(got.stats["mean"], padded.stats["mean"]) <= 1e-4
+
+
+def test_stop_skips_the_last_down_projection_and_leaves_no_state():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    last = get_adapter(model).down_projections(model)[-1]
+    capture_texts(model, tok, ["warm"])  # supports_packing's one-time check runs full forwards: not counted below
+    ran = []
+    probe = last.register_forward_hook(lambda m, a, o: ran.append(1))
+    try:
+        stopped = capture_texts(model, tok, PACK_TEXTS, stop=True)
+        assert ran == []  # the forward ended before the last down-projection
+        full = capture_texts(model, tok, PACK_TEXTS, stop=False)
+        assert ran  # without the stop it runs
+    finally:
+        probe.remove()
+    np.testing.assert_array_equal(stopped.stats["mean"], full.stats["mean"])
+    assert sum(len(m._forward_pre_hooks) for m in get_adapter(model).down_projections(model)) == 0
+    enc = tok(["abc de"], return_tensors="pt")
+    with torch.no_grad():
+        before = model(**enc).logits
+    capture_texts(model, tok, ["abc"], stop=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).logits, before, rtol=0, atol=0)  # a stopped forward leaves nothing behind
+
+
+def test_packing_refused_where_texts_would_see_each_other():
+    model, tok = tiny_model("bloom"), tiny_tokenizer()
+    auto = capture_texts(model, tok, PACK_TEXTS)  # supports_packing says no: right padding
+    forced = capture_texts(model, tok, PACK_TEXTS, pack=True)
+    one = np.stack([capture_texts(model, tok, [t]).stats["mean"][0] for t in PACK_TEXTS])
+    assert rel_dev(auto.stats["mean"], one) <= 1e-4
+    assert rel_dev(forced.stats["mean"], one) > 1e-2  # what packing would have done to BLOOM

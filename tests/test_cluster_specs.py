@@ -2,8 +2,8 @@
 
 Every YAML parses; the `ray up` config validates against Ray's own schema; no file carries a
 credential; the commands they run name entry points and recipes that exist and whose Hydra
-overrides compose into a RunConfig; cluster/submit.sh quotes overrides so they reach Hydra intact.
-No Ray is started: submit.sh runs against a stand-in `ray` executable.
+overrides compose into a RunConfig with durable outputs. No Ray is started here: cluster/submit.sh
+runs against a real head in tests/test_submit.py; here only its refusals (no server needed).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import shlex
 import subprocess
 import tomllib
 from pathlib import Path
-from subprocess import list2cmdline
 
 import pytest
 import yaml
@@ -80,8 +79,8 @@ SECRET_VALUE = [re.compile(p) for p in (
     r"\bsk-[A-Za-z0-9_-]{20,}",               # API keys of several services
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
 )]
-# An assignment of HF_TOKEN to anything but a reference to the environment ("$HF_TOKEN").
-TOKEN_ASSIGN = re.compile(r"HF_TOKEN\s*[=:]\s*(?![\"']?\$)(?!\s*$)[\"']?[A-Za-z0-9_]")
+# An assignment of HF_TOKEN / RAY_AUTH_TOKEN to anything but a reference to the environment ("$HF_TOKEN").
+TOKEN_ASSIGN = re.compile(r"(?:HF_TOKEN|RAY_AUTH_TOKEN)\s*[=:]\s*(?![\"']?\$)(?!\s*$)[\"']?[A-Za-z0-9_]")
 
 
 def secret_findings(node, where: str = "") -> list[str]:
@@ -127,6 +126,8 @@ def test_secret_checker_catches_planted_secrets():
     found = secret_findings(planted)
     assert len(found) == 5, found
     assert text_secret_findings('export HF_TOKEN=hf_abc\nX="AKIA' + "A" * 16 + '"', "f") != []
+    assert text_secret_findings("RAY_AUTH_TOKEN=3f2a9c", "f") != []
+    assert text_secret_findings("RAY_AUTH_TOKEN_PATH=/home/u/.ray/auth_token\nRAY_AUTH_MODE=token", "f") == []
     assert text_secret_findings('--from-literal=HF_TOKEN="$HF_TOKEN"\nHF_TOKEN: $HF_TOKEN', "f") == []
     clean = {"env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}}]}
     assert secret_findings(clean) == []
@@ -195,14 +196,18 @@ def test_rayjob_hf_token_only_from_secret():
     assert runtime_env["working_dir"]
 
 
-def test_rayjob_entrypoint_composes_and_fits_the_cluster():
+def test_rayjob_entrypoint_composes_and_fits_the_cluster(monkeypatch):
+    from lingua_ray.storage import STORAGE_ROOT_ENV, durable
+
     job = _yaml("rayjob.yaml")
     entry = job["spec"]["entrypoint"]
     # Two shells parse it (the submitter's and the head's): nothing they would expand or re-quote.
     assert not re.search(r"[$'\"\\`]", entry), entry
     argv = shlex.split(entry)
     assert argv[:2] == ENTRY
-    cfg = _compose(argv[2:])
+    # The job's storage root comes from its runtime env: outputs under it, not in the working_dir copy.
+    monkeypatch.setenv(STORAGE_ROOT_ENV, yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"][STORAGE_ROOT_ENV])
+    cfg = durable(_compose(argv[2:]), joining=True)
     assert cfg.cluster.address == "auto" and cfg.cluster.gpus_per_actor >= 1
     assert cfg.model.name == "bloom-560m" and len(cfg.model.checkpoints) > 1
     assert cfg.store.path and cfg.store.path.startswith("s3://")
@@ -371,97 +376,79 @@ def _check_cron_fields(fields: list[str]) -> None:
             assert lo <= n <= hi, f"cron field {f!r} out of range {lo}-{hi}"
 
 
-def _submit_overrides(command: str) -> list[str]:
-    """The Hydra overrides a cron command hands to cluster/submit.sh."""
-    argv = shlex.split(command.split("submit.sh", 1)[1].split(";", 1)[0])
-    return [a for a in argv if not a.startswith("--")]
+def _entry_overrides(command: str) -> tuple[str, list[str]]:
+    """(entry point, Hydra overrides) of a cron command running cluster/submit.sh or workflows/follow.py."""
+    entry = "cluster/submit.sh" if "cluster/submit.sh" in command else "workflows/follow.py"
+    argv = shlex.split(command.split(entry, 1)[1].split(";", 1)[0])
+    return entry, [a for a in argv if not a.startswith("--")]
+
+
+def _cron_env(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.M))
 
 
 def test_crontab_jobs_parse_lock_and_log():
     text = (CLUSTER / "crontab.example").read_text()
     jobs = _cron_jobs(text)
-    assert jobs, "no active job line"
+    assert len(jobs) == 2, "a nightly submission and a follower"
     for fields, cmd in jobs + _cron_jobs(text, commented=True):
         _check_cron_fields(fields)
         assert re.search(r"\bflock\s+(-\S+\s+(\d+\s+)?)*\S+\.lock\s", cmd), f"no flock around the run: {cmd}"
-        assert "cluster/submit.sh" in cmd or "ray job submit" in cmd
+        assert "cluster/submit.sh" in cmd or "workflows/follow.py" in cmd
         assert "%" not in cmd, "cron turns % into a newline"
         assert re.search(r">>\s*\S+.*2>&1", cmd), "the run is not logged to a file"
-    env = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.M))
+    env = _cron_env(text)
     assert re.match(r"https?://(127\.0\.0\.1|localhost):8265$", env["RAY_ADDRESS"])
+    assert env["RAY_AUTH_MODE"] == "token", "a Ray 2.60 head with a token refuses clients without it"
+    assert os.path.isabs(env["LINGUA_RAY_STORAGE_ROOT"])
 
 
-def test_crontab_overrides_compose():
+def test_crontab_overrides_compose_with_durable_outputs(monkeypatch):
+    from lingua_ray.storage import durable
+
     text = (CLUSTER / "crontab.example").read_text()
-    (fields, cmd), = _cron_jobs(text)
-    cfg = _compose(["cluster=gpu", *_submit_overrides(cmd)])
-    assert cfg.store.path.startswith("s3://") and os.path.isabs(cfg.run.out_dir)
+    monkeypatch.setenv("LINGUA_RAY_STORAGE_ROOT", _cron_env(text)["LINGUA_RAY_STORAGE_ROOT"])
+    (_, nightly), (_, follow) = _cron_jobs(text)
+    (_, hub), = _cron_jobs(text, commented=True)
+    entry, overrides = _entry_overrides(nightly)
+    cfg = durable(_compose(["cluster=gpu", *overrides]), joining=True)
+    assert entry == "cluster/submit.sh"
+    assert cfg.store.path == f"s3://BUCKET/lingua_ray/{cfg.run.name}.zarr"
+    assert cfg.run.out_dir == f"/mnt/lingua_ray/runs/{cfg.run.name}"
     assert len(cfg.model.checkpoints) > 1, "the nightly job follows a recipe that lists checkpoints"
-    # The commented "follow a training run" entry reads a checkpoint list whose format the comment shows.
-    (_, follow), = _cron_jobs(text, commented=True)
-    example = re.search(r"^#\s+(\[\{label:.*\}\])\s*$", text, re.M).group(1)
-    follow = re.sub(r"\$\(cat [^)]*\)", example, follow)
-    cfg = _compose(["cluster=gpu", *_submit_overrides(follow)])
-    assert [c.label for c in cfg.model.checkpoints] == ["step1000", "step2000"]
-    assert all(c.path and c.step for c in cfg.model.checkpoints)
+    for cmd, key in ((follow, "follow.watch"), (hub, "follow.hub_refs")):
+        entry, overrides = _entry_overrides(cmd)
+        assert entry == "workflows/follow.py"
+        given = dict(o.split("=", 1) for o in overrides if o.startswith("follow."))
+        assert key in given, cmd
+        cfg = durable(_compose(["cluster=gpu", *[o for o in overrides if not o.startswith("follow.")]]), joining=True)
+        assert os.path.isabs(cfg.run.out_dir)
+    assert os.path.isabs(dict(o.split("=", 1) for o in _entry_overrides(follow)[1])["follow.watch"])
 
 
 # ---------------------------------------------------------------------------------------------
-# cluster/submit.sh, against a stand-in `ray`
+# cluster/submit.sh: a thin wrapper over lingua_ray/submit.py (the real head: tests/test_submit.py)
 
-def _submit(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[str], str]:
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    fake = bindir / "ray"
-    fake.write_text('#!/bin/sh\npwd > "$FAKE_RAY_OUT.cwd"\nprintf "%s\\0" "$@" > "$FAKE_RAY_OUT"\n')
-    fake.chmod(0o755)
-    out = tmp_path / "ray_argv"
-    e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    e.update(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", FAKE_RAY_OUT=str(out), **(env or {}))
-    r = subprocess.run(["bash", str(CLUSTER / "submit.sh"), *args], env=e, capture_output=True, text=True,
-                       timeout=30, cwd=tmp_path)
-    argv = out.read_bytes().decode().split("\0")[:-1] if out.exists() else []
-    cwd = Path(f"{out}.cwd").read_text().strip() if out.exists() else ""
-    return r, argv, cwd
+def _submit_sh(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "LINGUA_RAY_STORAGE_ROOT")}
+    e.update(env or {})
+    # From another directory: the script finds the repository itself.
+    return subprocess.run(["bash", str(CLUSTER / "submit.sh"), *args], env=e, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
 
 
-def _as_head_shell_sees_it(entrypoint: list[str]) -> list[str]:
-    """What the job's command receives: Ray joins the entrypoint (list2cmdline), /bin/sh parses it."""
-    line = list2cmdline(entrypoint)
-    prefix = list2cmdline(ENTRY) + " "
-    assert line.startswith(prefix)
-    r = subprocess.run(["sh", "-c", "printf '%s\\0' " + line[len(prefix):]], capture_output=True, check=True)
-    return r.stdout.decode().split("\0")[:-1]
+def test_submit_sh_refuses_outputs_inside_rays_working_dir_copy(tmp_path):
+    r = _submit_sh(tmp_path, "model=bloom-1b1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("submit: refused: run.out_dir='runs/bloom-1b1-udhr' is relative"), r.stderr
+    assert "LINGUA_RAY_STORAGE_ROOT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_submit_sh_command_line(tmp_path):
-    r, argv, cwd = _submit(tmp_path, "--no-wait", "model=bloom-1b1")
-    assert r.returncode == 0, r.stderr
-    assert argv[:6] == ["job", "submit", "--address", "http://127.0.0.1:8265",
-                        "--runtime-env", "cluster/runtime_env.yaml"]
-    assert Path(cwd).resolve() == ROOT, "submit.sh must run ray from the repository root (working_dir '.')"
-    dd = argv.index("--")
-    assert "--no-wait" in argv[:dd]
-    assert argv[dd + 1:dd + 3] == ENTRY and argv[dd + 3] == "cluster=gpu"
-    r, argv, _ = _submit(tmp_path, "model=bloom-1b1", env={"RAY_ADDRESS": "http://10.0.0.5:8265"})
-    assert argv[argv.index("--address") + 1] == "http://10.0.0.5:8265"
-
-
-def test_submit_sh_overrides_reach_hydra_intact(tmp_path):
-    overrides = ["model=bloom-1b1", "store.path=s3://B/lr/${run.name}.zarr", "corpus.languages=[en,fr]",
-                 "run.name='r,1'", "+experiment=quick", "-m"]
-    r, argv, _ = _submit(tmp_path, *overrides)
-    assert r.returncode == 0, r.stderr
-    got = _as_head_shell_sees_it(argv[argv.index("--") + 1:])
-    assert got == ["cluster=gpu", *overrides]
-    cfg = _compose([a for a in got if a != "-m"])
-    assert cfg.store.path == "s3://B/lr/r,1.zarr" and cfg.corpus.languages == ["en", "fr"]
-
-
-def test_submit_sh_refuses_whitespace(tmp_path):
-    r, argv, _ = _submit(tmp_path, "corpus.languages=[en, fr]")
-    assert r.returncode == 2 and argv == []
-    assert "corpus.languages=[en, fr]" in r.stderr
+def test_submit_sh_refuses_unknown_options_and_bad_configs(tmp_path):
+    r = _submit_sh(tmp_path, "--wait-forever", "model=bloom-1b1")
+    assert r.returncode == 2 and "unknown option '--wait-forever'" in r.stderr
+    r = _submit_sh(tmp_path, "model=bloom-1b1", "reduce.tua=1", env={"LINGUA_RAY_STORAGE_ROOT": "/mnt/x"})
+    assert r.returncode == 2 and "reduce.tua" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +461,7 @@ def test_one_pipeline_entry_point():
 
 def test_entry_points_exist():
     for rel in ["workflows/pipeline.py", "workflows/run_default.sh", "conf/cluster/gpu.yaml",
-                "conf/cluster/gpu-4x.yaml", "cluster/submit.sh"]:
+                "conf/cluster/gpu-4x.yaml", "cluster/submit.sh", "workflows/follow.py", "conf/follow.yaml"]:
         assert (ROOT / rel).is_file(), rel
 
 

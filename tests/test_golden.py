@@ -1,5 +1,13 @@
-"""The stage redesign changed no number: every stage on the golden fixture equals what the
-pre-redesign code produced (tests/golden/make_golden.py, run on that code), to 1e-9."""
+"""Every stage on the golden fixture equals what the pre-redesign code produced
+(tests/golden/make_golden.py, run on that code).
+
+The redesign itself (issue 7, up to commit bb84e6b) matched to 1e-9. Since then the recorder packs
+several units per row and reduces in the hook with one matmul, and the ablation applies the LM head
+only at predicted positions (issue 11): the same sums in another order, so float32 rounding moves
+values by ~1e-7 relative (activations ≤ 1e-7 of the largest magnitude, results ≤ 2e-7, key masks
+identical). The floats are therefore compared at ``FLOAT32_RTOL``, a hundred times tighter than
+METHOD's batched-vs-single tolerance (1e-4) and far below any reported digit; structure, keys,
+integers, booleans and strings stay exact."""
 
 from __future__ import annotations
 
@@ -21,7 +29,11 @@ LANGS = ["en", "fr", "id"]
 NUMERIC_SECTIONS = ("grid", "settings", "checkpoints", "ablation")
 # Fields added to results.json after the golden file was made; everything else must match it.
 ADDED_SINCE_GOLDEN = {"settings.perm_units"}
-STORE_ARRAYS = ("activations", "activations_pos_frac", "n_tokens", "cell_crc32", "key_score", "key_z", "key_mask")
+# cell_crc32 is left out: it is a checksum of the float bytes, which rounding changes
+# (the store's own verify checks it against the bytes it covers).
+STORE_ARRAYS = ("activations", "activations_pos_frac", "n_tokens", "key_score", "key_z", "key_mask")
+FLOAT32_RTOL = 1e-6  # relative, of the value (results) or of the array's largest magnitude (store)
+FLOAT32_ATOL = 1e-6  # absolute, for differences and log-ratios near 0
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
@@ -77,7 +89,7 @@ def test_results_equal_pre_redesign(golden_run):
     want = json.loads((GOLDEN / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
     for section in NUMERIC_SECTIONS:
-        assert_close(got[section], want[section], section)
+        assert_close(got[section], want[section], section, FLOAT32_RTOL, FLOAT32_ATOL)
 
 
 def test_store_equals_pre_redesign(golden_run):
@@ -88,7 +100,8 @@ def test_store_equals_pre_redesign(golden_run):
         got = store.group[name][:]
         assert got.shape == want[name].shape, name
         if got.dtype.kind == "f":
-            np.testing.assert_allclose(got, want[name], rtol=1e-9, atol=1e-12, err_msg=name)
+            scale = float(np.abs(want[name]).max()) or 1.0
+            np.testing.assert_allclose(got, want[name], rtol=0, atol=FLOAT32_RTOL * scale, err_msg=name)
         else:
             np.testing.assert_array_equal(got, want[name], err_msg=name)
 
@@ -96,5 +109,7 @@ def test_store_equals_pre_redesign(golden_run):
 def test_assert_close_can_fail():
     with pytest.raises(AssertionError):
         assert_close({"a": [1.0, 2.0]}, {"a": [1.0, 2.0 + 1e-6]})
+    with pytest.raises(AssertionError):  # a real change (1e-4 relative) fails at the float32 tolerance
+        assert_close({"a": [1.0, 2.0]}, {"a": [1.0, 2.0 * (1 + 1e-4)]}, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
     with pytest.raises(AssertionError):
         assert_close({"b": 1, "a": 2}, {"a": 2, "b": 1})

@@ -274,3 +274,57 @@ def test_a_statistic_can_declare_its_own_hook_point(model, tok):
 def test_hook_point_side_is_checked():
     with pytest.raises(ValueError, match="side must be"):
         HookPoint("x", modules=lambda m: [], side="middle")
+
+
+# --------------------------------------------------------------------------- packed units and the early stop
+
+from lingua_ray.batching import UnitPositions, collate_packed  # noqa: E402
+from lingua_ray.hooks import StopForward  # noqa: E402
+
+
+def test_reader_reduces_each_packed_unit_over_its_own_tokens(model, tok):
+    texts = ["abc de", "f", "ghij"]
+    enc = tok(texts, return_special_tokens_mask=True)
+    b = collate_packed(enc["input_ids"], [[0, 1], [2]], pad_id=0, special_masks=enc["special_tokens_mask"])
+    seen = []
+    probes = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0].clone()))
+              for m in get_adapter(model).down_projections(model)]
+    try:
+        with Reader(model, ["mean", "last", "pos_frac"]) as reader:
+            reader.start(UnitPositions.of_batch(b, "cpu"))
+            with torch.no_grad():
+                reader.run(get_adapter(model).body_module(model), **b.model_inputs("cpu"), use_cache=False)
+            got = reader.collect()
+    finally:
+        for p in probes:
+            p.remove()
+    for layer, u in enumerate(seen):
+        for k, (r, s, m) in enumerate(zip(b.rows, b.starts, b.lengths)):
+            rows = u[r, s + 1 : s + m]  # position s is the text's BOS
+            torch.testing.assert_close(got["mean"][k, layer], rows.mean(0))
+            torch.testing.assert_close(got["last"][k, layer], rows[-1])
+            torch.testing.assert_close(got["pos_frac"][k, layer], (rows > 0).float().mean(0))
+
+
+def test_stop_waits_for_every_hook_point(model, tok):
+    """With two points the forward stops only after both last layers were read."""
+    point = HookPoint("test_up_out2", modules=lambda m: [layer.mlp.up_proj for layer in m.model.layers],
+                      side="output")
+    HOOK_POINTS.register(point.name, point)
+    statistic("test_up_mean2", point=point.name)(STATISTICS.get("mean").reduce)
+    try:
+        enc = tok(["abc de"], return_tensors="pt")
+        with Reader(model, ["test_up_mean2", "mean"], stop=True) as reader:
+            reader.start(own_of(enc))
+            with torch.no_grad():
+                reader.run(get_adapter(model).body_module(model), **enc, use_cache=False)
+            got = reader.collect()  # both points' last layers ran (up_proj output fires before down_proj input)
+        assert got["mean"].shape == got["test_up_mean2"].shape == (1, 2, 24)
+        with Reader(model, ["mean"], stop=True) as reader:
+            reader.start(own_of(enc))
+            with pytest.raises(StopForward):  # only Reader.run swallows it
+                with torch.no_grad():
+                    get_adapter(model).body_module(model)(**enc, use_cache=False)
+    finally:
+        STATISTICS.unregister("test_up_mean2")
+        HOOK_POINTS.unregister(point.name)

@@ -217,14 +217,15 @@ def _check_hub_cached(cfg: ModelConfig, ckpt: CheckpointConfig, why: str) -> Non
         f"huggingface-cli download {cfg.hf_id} --revision {rev}")
 
 
-def _check_hub_online(cfg: ModelConfig, ckpt: CheckpointConfig) -> None:
-    """The repo and revision exist on the hub: one metadata request, no weights downloaded."""
+def _check_hub_online(cfg: ModelConfig, ckpt: CheckpointConfig) -> list[str] | None:
+    """The repo and revision exist on the hub: one metadata request, no weights downloaded.
+    Returns the revision's file names (None when only the local cache could answer)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     rev = ckpt.revision or "main"
     try:
-        HfApi().model_info(cfg.hf_id, revision=ckpt.revision)
+        info = HfApi().model_info(cfg.hf_id, revision=ckpt.revision)
     except RevisionNotFoundError:
         raise ModelLoadError(f"checkpoint {ckpt.label!r}: revision {rev!r} does not exist in {cfg.hf_id!r} on the hub "
                              f"({_key(cfg, ckpt, 'revision')}); list them with "
@@ -237,25 +238,65 @@ def _check_hub_online(cfg: ModelConfig, ckpt: CheckpointConfig) -> None:
                              "id, or set HF_TOKEN if it is private") from None
     except Exception:  # noqa: BLE001 - hub unreachable: the local cache decides
         _check_hub_cached(cfg, ckpt, "the hub is unreachable")
+        return _cached_files(cfg, ckpt)
+    siblings = getattr(info, "siblings", None)
+    return None if siblings is None else [s.rfilename for s in siblings]
+
+
+def _check_weight_format(cfg: ModelConfig, ckpt: CheckpointConfig, files: list[str] | None) -> None:
+    """With ``model.use_safetensors`` (the default) a checkpoint whose weight files are all pickled
+    ``.bin``/``.pt`` is refused here, before any store is created, instead of inside the recorder.
+    ``files``: the checkpoint's file names, None when unknown (then nothing is checked)."""
+    if not cfg.use_safetensors or files is None:
+        return
+    names = [Path(f).name for f in files]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith((".bin", ".pt")))
+    if pickled:
+        where = f"revision {ckpt.revision or 'main'!r} of {cfg.hf_id!r}" if not ckpt.path and cfg.hf_id else "its folder"
+        raise ModelLoadError(
+            f"checkpoint {ckpt.label!r}: {where} has only pickled weights ({', '.join(pickled[:3])}) and "
+            "model.use_safetensors=true refuses them (a pickle can run code when loaded); convert it to "
+            "safetensors, or for a repository you trust set model.use_safetensors=false")
+
+
+def _folder_files(folder: str | Path) -> list[str]:
+    return [p.name for p in Path(folder).expanduser().iterdir() if p.is_file()]
+
+
+def _cached_files(cfg: ModelConfig, ckpt: CheckpointConfig) -> list[str] | None:
+    """File names of the cached snapshot of ``ckpt.revision``, None when it is not cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return _folder_files(snapshot_download(cfg.hf_id, revision=ckpt.revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not (fully) cached: _check_hub_cached has spoken already
+        return None
 
 
 def check_checkpoint(cfg: ModelConfig, ckpt: CheckpointConfig, online: bool = True) -> None:
     """One checkpoint: its folder exists (with config.json), or its GGUF package is there, or its
     hub revision resolves (in the local HF cache when offline; on the hub, metadata only, when
-    ``online`` and HF_HUB_OFFLINE is unset). Loads nothing; raises a one-line ModelLoadError."""
+    ``online`` and HF_HUB_OFFLINE is unset); and with ``model.use_safetensors`` it has safetensors
+    weights, not only pickled ones. Loads nothing; raises a one-line ModelLoadError."""
     if ckpt.path:
         _check_folder(ckpt.path, ckpt.label, _key(cfg, ckpt, "path"))
+        _check_weight_format(cfg, ckpt, _folder_files(ckpt.path))
         return
     source = _source(cfg)
     if source is ModelSource.gguf:
         _check_gguf(cfg.gguf_package, cfg.cache_dir)  # not resolve: that would dequantise
         return
     where, _ = resolve_checkpoint(cfg, ckpt)  # folders exist, hf_id present and well-formed
-    if source is ModelSource.hub and not Path(where).is_dir():
+    if Path(where).is_dir():
+        _check_weight_format(cfg, ckpt, _folder_files(where))
+    elif source is ModelSource.hub:
         if hub_offline():
             _check_hub_cached(cfg, ckpt, "HF_HUB_OFFLINE=1")
+            _check_weight_format(cfg, ckpt, _cached_files(cfg, ckpt))
         elif online:
-            _check_hub_online(cfg, ckpt)
+            _check_weight_format(cfg, ckpt, _check_hub_online(cfg, ckpt))
 
 
 def check_checkpoints(cfg: ModelConfig, online: bool = True) -> None:

@@ -1,0 +1,47 @@
+"""Fixtures of a fast tiny pipeline run, shared by the follow and submit tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from lingua_ray.models.tiny import tiny_model, tiny_tokenizer
+
+LANGS = ["en", "fr", "id"]
+
+
+def save_tiny(folder: Path, seed: int) -> Path:
+    """A seeded tiny LLaMA and its byte tokenizer, as save_pretrained writes them."""
+    tiny_model("llama", seed=seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_corpus(path: Path, n: int = 14) -> Path:
+    """A jsonl corpus of ``n`` aligned units in LANGS (4 of them are held out by tiny_overrides)."""
+    rng = random.Random(0)
+    words = {lang: [f"{lang}{w}" for w in ("sun", "sea", "tree", "rock", "wind", "fire", "hill", "moon")]
+             for lang in LANGS}
+    lines = []
+    for i in range(n):
+        pick = rng.sample(range(8), 4)
+        texts = {lang: " ".join(words[lang][j] for j in pick) for lang in LANGS}
+        lines.append(json.dumps({"uid": f"u{i:02d}", **texts}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_overrides(corpus: Path) -> list[str]:
+    """The pipeline overrides of a fast tiny run (record, reduce, report; no ablation):
+    10 selection units x 3 languages = 30 cells per checkpoint."""
+    return ["model=tiny-trajectory", "model.name=tiny", "corpus=jsonl", f"corpus.path={corpus}",
+            "corpus.languages=[en,fr,id]", "split.heldout_units=4", "capture.max_tokens=64",
+            "capture.token_budget=256", "reduce.tau=1.0", "reduce.n_boot=20", "reduce.n_perm=20",
+            "ablation.enabled=false", "cluster.cpus_per_actor=1"]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of every file under ``folder``: equal snapshots = nothing written."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
