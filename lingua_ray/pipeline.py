@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lingua_ray import atomic
-from lingua_ray.config import RunConfig, Stage, resolved, validate
+from lingua_ray.config import ConfigError, RunConfig, Stage, resolved, validate
 from lingua_ray.stages import ablate, record, reduce, report
-from lingua_ray.stages.inputs import corpora
+from lingua_ray.stages.inputs import corpora, store_path
 from lingua_ray.storage import durable
 
 
@@ -40,6 +40,27 @@ def preflight(cfg: RunConfig, wanted: set[Stage]) -> None:
         check_checkpoints(cfg.model)
     if Stage.record in wanted:
         corpora(cfg)  # loads the corpus: bad files and too small a split fail here, file:line named
+    check_store_grid(cfg)
+
+
+def check_store_grid(cfg: RunConfig) -> None:
+    """An existing store may grow by the languages a config adds, but results cover the store's
+    whole grid: a store holding a language this config does not name (another sweep member's, a
+    shared ``store.path``) would give results whose grid is not the config's. Refused up front."""
+    from lingua_ray.store import ActivationStore, StoreError
+
+    path = store_path(cfg)
+    try:
+        store = ActivationStore(path)
+    except StoreError:
+        return  # no store yet (or not one of ours: record says so when it gets there)
+    extra = [lang for lang in store.languages if lang not in cfg.corpus.languages]
+    if extra:
+        raise ConfigError(
+            f"store {path!r} holds languages {extra} that corpus.languages={list(cfg.corpus.languages)} does not "
+            f"name, so this run's results would cover {list(store.languages) + [x for x in cfg.corpus.languages if x not in store.languages]}: "
+            "give this run its own store (store.path, or a run.name of its own), or add those languages to "
+            "corpus.languages")
 
 
 def run(cfg: RunConfig, stages: Sequence[Stage | str] | None = None) -> PipelineResult:

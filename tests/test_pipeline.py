@@ -155,3 +155,25 @@ def test_unchanged_rerun_evaluates_nothing(tiny_dirs, tmp_path, capsys):
     pipeline.run(cfg, ["record", "reduce", "ablate"])
     out = capsys.readouterr().out
     assert "nothing to do" in out and "[ablate] 0 of" in out
+
+
+def test_store_with_a_language_the_config_does_not_name_is_refused_before_work(tiny_dirs, tmp_path):
+    """Two configs sharing one store: the one naming fewer languages would report the other's too."""
+    out = tmp_path / "run"
+    rows = [json.loads(x) for x in (tiny_dirs / "corpus.jsonl").read_text().splitlines()]
+    (tmp_path / "c4.jsonl").write_text("".join(json.dumps({**r, "de": r["fr"].replace("fr", "de")}) + "\n"
+                                               for r in rows))
+    cfg = make_cfg(tiny_dirs, out)
+    cfg.corpus.path = str(tmp_path / "c4.jsonl")
+    cfg.corpus.languages = ["en", "fr", "id", "de"]
+    record.run(cfg)  # the store holds en, fr, id, de
+    store = ActivationStore(store_path(cfg))
+    before = (sorted(store.languages), store.done().copy())
+    narrower = make_cfg(tiny_dirs, out)
+    narrower.corpus.path = cfg.corpus.path
+    with pytest.raises(pipeline.ConfigError, match=r"holds languages \['de'\].*corpus.languages"):
+        pipeline.run(narrower)
+    assert not (out / "results.json").exists() and not (out / "config.resolved.json").exists()
+    store = ActivationStore(store_path(cfg))
+    assert (sorted(store.languages), store.done().tolist()) == (before[0], before[1].tolist())  # nothing changed
+    pipeline.preflight(cfg, {pipeline.Stage.reduce})  # the config naming all of them is fine
