@@ -193,12 +193,14 @@ def main() -> None:
         got: dict[str, np.ndarray] = {}
         times = {k: {c: [] for c in CLOCKS} for k in fns}
         rates = {c: [matmul_rate(device=a.device, clock=c)] for c in CLOCKS}
-        for _ in range(a.rounds):
+        for r in range(a.rounds):
             for name, fn in fns.items():
                 t0 = {c: f() for c, f in CLOCKS.items()}
                 got[name] = fn(ways)
                 for c, f in CLOCKS.items():
                     times[name][c].append(f() - t0[c])
+            print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {times[k][c][-1]:.1f}s {c}" for k in fns
+                                                             for c in list(CLOCKS)[:1]), flush=True)
             for c in CLOCKS:
                 rates[c].append(matmul_rate(device=a.device, clock=c))
     ref = got["authors"]
