@@ -197,6 +197,18 @@ def _raise_cause(err: "ray.exceptions.RayTaskError", others: Sequence) -> None:
     raise err
 
 
+def gather(refs: Sequence, what: str = "work") -> list:
+    """The values of ``refs`` that succeeded; each failure is logged in one line and skipped (for
+    best-effort calls whose loss the caller detects another way, e.g. flushing actors' writes)."""
+    values = []
+    for ref in refs:
+        try:
+            values.append(ray.get(ref))
+        except Exception as e:  # noqa: BLE001 - the caller re-checks what the failure could have lost
+            log.warning("[%s] %s", what, _one_line(e))
+    return values
+
+
 def put(value: Any):
     """Share a large read-only value with every task or actor once (an ObjectRef)."""
     return ray.put(value)

@@ -116,15 +116,19 @@ def test_reference_is_complete(ref):
 # ---------------------------------------------------------------- 1. recorder actor killed, restarts on
 
 
-def test_recorder_actor_killed_with_restarts_store_equals_uninterrupted(tiny, ref, tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync-writes", "async-writes"])
+def test_recorder_actor_killed_with_restarts_store_equals_uninterrupted(tiny, ref, tmp_path, asynchronous):
+    """With asynchronous writes (the GPU path) the kill may also take blocks that were queued but
+    not written: they are found after the flush and recorded again."""
     cfg = compose(overrides(tiny, tmp_path / "run", cluster__max_restarts=1, cluster__max_task_retries=1))
     store = tmp_path / "run" / "activations.zarr"
     _actors_gone()  # the only recorder alive below is this run's
     with ActorKiller("ray::ModelWorker", lambda: 0 < done_blocks(store) < N_BLOCKS,
                      state=lambda: done_blocks(store)) as killer:
-        stats = record.run(cfg)
+        stats = record.run(cfg, asynchronous=asynchronous)
     assert killer.killed is not None and 0 < killer.state < N_BLOCKS, "the kill did not land mid-run"
     assert stats.units_recorded == N_CELLS  # the killed block was retried on the restarted actor, once
+    assert stats.asynchronous_writes is asynchronous and stats.write_bytes > 0 and stats.write_MBps > 0
     assert_same_arrays(store_arrays(store), ref.arrays, RECORD_ARRAYS)
     assert lease_of(store) is None
 

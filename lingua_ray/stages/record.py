@@ -2,6 +2,12 @@
 
 Flow: fingerprint the checkpoints → the grid spec → create/extend the store (refusing a store
 that differs) → missing work units → recorder actors write whole blocks → run statistics.
+
+On a GPU the actors write asynchronously (``ModelWorker.record(asynchronous=True)``: a writer
+thread with a bounded queue, so the device never waits on Zarr). A unit then counts as done only
+when its block's markers are in the store: after the pass every actor is flushed, and blocks a
+dead actor had queued but not written are found by ``missing_blocks`` and recorded again,
+synchronously. On a CPU the capture and the write share the same cores, so writes stay synchronous.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ class RecordResult:
     seconds: float = 0.0
     tokens_per_s: float | None = None
     store_bytes: int = 0
+    write_bytes: int = 0  # bytes of recorded statistics written to the store (n_tokens included)
+    write_seconds: float = 0.0  # time spent in store writes (in the writer threads when asynchronous)
+    write_MBps: float | None = None
+    asynchronous_writes: bool = False
+    rerecorded_after_flush: int = 0  # blocks queued by an actor that died before writing them
     finished_utc: str = ""
 
 
@@ -56,15 +67,16 @@ def grid_spec(cfg: RunConfig) -> GridSpec:
     )
 
 
-def run(cfg: RunConfig) -> RecordResult:
+def run(cfg: RunConfig, asynchronous: bool | None = None) -> RecordResult:
+    """asynchronous: store writes on the actors' writer threads; None = on a GPU only (module doc)."""
     path = store_path(cfg)
     spec = grid_spec(cfg)
     # One writer per store: creation, growth and recording all happen under the lease.
     with StoreLease(path, run=cfg.run.name, ttl_s=cfg.store.lease_ttl_s):
-        return _run(cfg, path, spec)
+        return _run(cfg, path, spec, asynchronous)
 
 
-def _run(cfg: RunConfig, path: str, spec: GridSpec) -> RecordResult:
+def _run(cfg: RunConfig, path: str, spec: GridSpec, asynchronous: bool | None = None) -> RecordResult:
     store = ActivationStore.create_or_extend(path, spec, cfg.store.unit_block)
     missing = list(store.missing_blocks(verify=cfg.store.verify_on_resume))
     for block in missing:  # a damaged block is re-recorded from scratch: its old markers go first
@@ -77,7 +89,24 @@ def _run(cfg: RunConfig, path: str, spec: GridSpec) -> RecordResult:
     if not units:
         print(f"[record] all {out.units_total} cells already in the store; nothing to do", flush=True)
     else:
+        out.asynchronous_writes = cfg.cluster.gpus_per_actor > 0 if asynchronous is None else asynchronous
         _record(cfg, path, units, n_cells, out)
+        if out.asynchronous_writes:
+            wanted = {(u.checkpoint, *u.key) for u in units}
+            lost = [b for b in store.missing_blocks() if b in wanted]
+            if lost:  # queued by an actor that died before its writer thread wrote them
+                print(f"[record] {len(lost)} block(s) were queued but not written; recording them again",
+                      flush=True)
+                out.rerecorded_after_flush = len(lost)
+                # The first pass counted these blocks when they were queued; this pass writes them, so
+                # units and tokens stay counted once. Only its time and write volume add up.
+                sync = RecordResult(asynchronous_writes=False)
+                _record(cfg, path, [schedule.WorkUnit(ck, (lang, s0, s1)) for ck, lang, s0, s1 in lost],
+                        sum(s1 - s0 for *_, s0, s1 in lost), sync)
+                out.write_bytes += sync.write_bytes
+                out.write_seconds += sync.write_seconds
+                out.seconds += sync.seconds
+        out.write_MBps = out.write_bytes / 2**20 / out.write_seconds if out.write_seconds > 0 else None
     store.consolidate()
     out.store_bytes = _du(path)
     out.finished_utc = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -100,16 +129,24 @@ def _record(cfg: RunConfig, path: str, units: list, n_cells: int, out: RecordRes
               f"{out.units_skipped} cells already done", flush=True)
 
         def submit(actor, u):
-            return actor.record.remote(path, cfg.capture, u.checkpoint, *u.key)
+            return actor.record.remote(path, cfg.capture, u.checkpoint, *u.key, asynchronous=out.asynchronous_writes)
+
+        def add_writes(r):
+            out.write_bytes += r.get("write_bytes", 0)
+            out.write_seconds += r.get("write_seconds", 0.0)
 
         def on_done(u, r):
             out.units_recorded += r["units"]
             out.tokens += r["tokens"]
             out.truncated += r["truncated"]
+            add_writes(r)
             progress.update(r["units"], r["tokens"])
 
         try:
             schedule.run_units(units, actors, submit, on_done, what="record")
+            if out.asynchronous_writes:  # every queued block written (or its failure raised) before the pool goes
+                for r in schedule.gather([a.flush.remote() for a in actors], what="record: flushing store writes"):
+                    add_writes(r)
         finally:
             out.seconds = progress.seconds
             out.tokens_per_s = out.tokens / max(out.seconds, 1e-9)
