@@ -11,7 +11,6 @@ import glob
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 import psutil
 
-from lingua_ray.models.tiny import tiny_model, tiny_tokenizer
+from tiny_run import save_tiny, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -42,19 +41,9 @@ REDUCE_ARRAYS = ("key_score", "key_z", "key_mask")
 def make_tiny(root: Path) -> Path:
     """Two tiny LLaMA folders (m0, m1: other random weights, same shape) and a 14-unit jsonl corpus
     in ALL_LANGS. Returns root."""
-    tok = tiny_tokenizer()
     for seed in (0, 1):
-        tiny_model("llama", seed=seed).save_pretrained(root / f"m{seed}", safe_serialization=True)
-        tok.save_pretrained(root / f"m{seed}")
-    rng = random.Random(0)
-    words = {lang: [f"{lang}{w}" for w in ("sun", "sea", "tree", "rock", "wind", "fire", "hill", "moon")]
-             for lang in ALL_LANGS}
-    lines = []
-    for i in range(14):
-        pick = rng.sample(range(8), 4)
-        lines.append(json.dumps({"uid": f"u{i:02d}",
-                                 **{lang: " ".join(words[lang][j] for j in pick) for lang in ALL_LANGS}}))
-    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+        save_tiny(root / f"m{seed}", seed)
+    write_corpus(root / "corpus.jsonl", 14, ALL_LANGS)
     return root
 
 

@@ -17,6 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hub_cache import add_revision
+from tiny_run import save_tiny, write_corpus
 from lingua_ray.config import register_configs, to_run_config
 from lingua_ray.sweeps import MEMBER_ENV, SweepError, member_suffix, swept_keys
 
@@ -78,25 +79,12 @@ def test_a_fixed_run_name_stops_the_multirun_before_any_member(tmp_path):
 @pytest.fixture(scope="module")
 def hub_and_corpus(tmp_path_factory):
     """A local HF cache with two revisions of a tiny LLaMA, and a 4-language jsonl corpus."""
-    import random
-
-    from lingua_ray.models.tiny import tiny_model, tiny_tokenizer
-
     root = tmp_path_factory.mktemp("sweep")
     for seed, refs in ((1, ["step100"]), (2, ["step200", "main"])):
         src = root / "src" / refs[0]
-        tiny_model("llama", seed=seed).save_pretrained(src)
-        tiny_tokenizer().save_pretrained(src)
+        save_tiny(src, seed)
         add_revision(root / "hub", "lr-test/tiny-llama", refs, src)
-    rng = random.Random(0)
-    words = {lang: [f"{lang}{w}" for w in ("sun", "sea", "tree", "rock", "wind", "fire", "hill", "moon")]
-             for lang in LANGS}
-    lines = []
-    for i in range(12):
-        pick = rng.sample(range(8), 4)
-        lines.append(json.dumps({"uid": f"u{i:02d}", **{lang: " ".join(words[lang][j] for j in pick)
-                                                         for lang in LANGS}}))
-    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    write_corpus(root / "corpus.jsonl", 12, LANGS)
     return root
 
 

@@ -18,15 +18,17 @@ def save_tiny(folder: Path, seed: int) -> Path:
     return folder
 
 
-def write_corpus(path: Path, n: int = 14) -> Path:
-    """A jsonl corpus of ``n`` aligned units in LANGS (4 of them are held out by tiny_overrides)."""
+def write_corpus(path: Path, n: int = 14, languages: list[str] | None = None) -> Path:
+    """A jsonl corpus of ``n`` aligned units in ``languages`` (default LANGS; 4 units are held out by
+    tiny_overrides): unit i is the same 4 of 8 words, seeded, in every language ("ensun ensea ...")."""
+    languages = LANGS if languages is None else languages
     rng = random.Random(0)
     words = {lang: [f"{lang}{w}" for w in ("sun", "sea", "tree", "rock", "wind", "fire", "hill", "moon")]
-             for lang in LANGS}
+             for lang in languages}
     lines = []
     for i in range(n):
         pick = rng.sample(range(8), 4)
-        texts = {lang: " ".join(words[lang][j] for j in pick) for lang in LANGS}
+        texts = {lang: " ".join(words[lang][j] for j in pick) for lang in languages}
         lines.append(json.dumps({"uid": f"u{i:02d}", **texts}))
     path.write_text("\n".join(lines) + "\n")
     return path
