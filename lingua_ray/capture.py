@@ -16,6 +16,8 @@ statistics are the ``lingua_ray.config.Statistic`` values, each one entry of
     mean        mean over t in T(s) of u[layer, t, k]               (METHOD.md; default)
     last        u[layer, t_last, k], t_last the last own token
     pos_frac    fraction of t in T(s) with u[layer, t, k] > 0      (LAPE-style activation probability)
+    act_pos_frac  fraction of t in T(s) with act_fn(gate(x))[layer, t, k] > 0
+                (LAPE/LNA; hook point act_fn_output: the FFN activation-function output)
 """
 
 from __future__ import annotations

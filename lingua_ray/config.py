@@ -13,9 +13,11 @@ import dataclasses
 import enum
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from lingua_ray.criteria_settings import (AveragePrecisionSettings, CriterionName, LapeSettings,  # noqa: F401
+                                          LnaSettings)
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,7 @@ class Statistic(str, enum.Enum):
     mean = "mean"          # mean over own tokens of u[layer, t, k]   (METHOD.md; the default)
     last = "last"          # u at the last own token
     pos_frac = "pos_frac"  # fraction of own tokens with u > 0
+    act_pos_frac = "act_pos_frac"  # fraction of own tokens with act_fn(gate(x)) > 0 (LAPE, LNA; own hook point)
 
 
 class KeyMode(str, enum.Enum):
@@ -234,6 +237,12 @@ class ReduceConfig:
 
     statistic: which recorded per-unit statistic the metrics read (mean per METHOD.md).
     key_mode: zscore (z > tau) or top_fraction (needs top_fraction in (0, 1)).
+    criteria: key-neuron criteria whose masks are written beside key_mask (docs/criteria.md); the
+        zscore criterion uses tau / key_mode / top_fraction above, so its mask is key_mask. lape and
+        lna need act_pos_frac in capture.statistics.
+    lape / average_precision / lna: each criterion's settings (their published defaults).
+    alignment: retrieval, MEXA, ILO and CKA per layer and overall, with unit-bootstrap intervals.
+    knn_k / bridge_threshold: ILO's k and t; bridge_threshold None = min(3, K − 1).
     """
 
     statistic: Statistic = Statistic.mean
@@ -247,6 +256,13 @@ class ReduceConfig:
     edge_layers: int = 3  # k: key-neuron share of the first k and last k layers (evolution)
     max_task_bytes: int = 1 << 30  # memory budget of one reduce task: sets its unit block size
     perm_max_rows: int = 2048  # permutation tests run on all units while K·S ≤ this, else a seeded subsample
+    criteria: list[CriterionName] = field(default_factory=lambda: [CriterionName.zscore])
+    lape: LapeSettings = field(default_factory=LapeSettings)
+    average_precision: AveragePrecisionSettings = field(default_factory=AveragePrecisionSettings)
+    lna: LnaSettings = field(default_factory=LnaSettings)
+    alignment: bool = True
+    knn_k: int = 5
+    bridge_threshold: Optional[int] = None
 
 
 @dataclass
@@ -278,7 +294,9 @@ class EvalCorpusConfig:
 
 @dataclass
 class AblationConfig:
-    """Deactivation (docs/ablation.md). n_random: matched random repeats R per language."""
+    """Deactivation (docs/ablation.md). n_random: matched random repeats R per language.
+    criteria: whose masks are deactivated, each with its own matched random controls; each must be in
+    reduce.criteria. zscore's rows are also the ``ablation`` section of results.json."""
 
     enabled: bool = True
     n_random: int = 3
@@ -287,6 +305,7 @@ class AblationConfig:
     max_tokens: int = 512
     exclude_mask: bool = False  # False: controls drawn from the whole layer, as METHOD.md
     eval_corpus: EvalCorpusConfig = field(default_factory=EvalCorpusConfig)  # source null: held-out split
+    criteria: list[CriterionName] = field(default_factory=lambda: [CriterionName.zscore])
 
 
 @dataclass
@@ -388,12 +407,13 @@ def fingerprint(d: Any) -> str:
 
 # Loading from Hydra/OmegaConf and the cross-field rules live in config_checks.py (same public
 # names, re-exported here) so this file stays the plain list of schemas.
-from lingua_ray.config_checks import (check_capture, check_key_selection, to_run_config,  # noqa: E402
-                                      validate)
+from lingua_ray.config_checks import (bridge_threshold, check_capture, check_criteria,  # noqa: E402
+                                      check_key_selection, criterion_names, to_run_config, validate)
 
 __all__ = [
-    "AblationConfig", "CaptureConfig", "EvalCorpusConfig", "CheckpointConfig", "ClusterConfig", "ConfigError", "CorpusConfig",
+    "AblationConfig", "CaptureConfig", "CriterionName", "EvalCorpusConfig", "CheckpointConfig", "ClusterConfig", "ConfigError", "CorpusConfig",
     "DType", "FollowConfig", "KeyMode", "LRSchedule", "ModelConfig", "ModelSource", "ReduceConfig", "RunConfig", "RunInfo",
-    "SplitConfig", "Stage", "Statistic", "StoreConfig", "TrajectoryConfig", "check_capture",
+    "SplitConfig", "Stage", "Statistic", "StoreConfig", "TrajectoryConfig", "bridge_threshold", "check_capture",
+    "check_criteria", "criterion_names",
     "check_key_selection", "fingerprint", "register_configs", "resolved", "to_run_config", "validate",
 ]

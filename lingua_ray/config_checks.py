@@ -9,7 +9,9 @@ import dataclasses
 import math
 from typing import Any
 
-from lingua_ray.config import (CaptureConfig, ConfigError, KeyMode, ReduceConfig, RunConfig, Statistic)
+from lingua_ray.config import (CaptureConfig, ConfigError, CriterionName, KeyMode, ReduceConfig, RunConfig,
+                               Statistic)
+from lingua_ray.criteria_settings import CRITERION_STATISTICS
 
 
 def to_run_config(cfg: Any, schema: type = RunConfig):
@@ -100,6 +102,67 @@ def check_key_selection(r: ReduceConfig, n_languages: int) -> None:
                           "or use reduce.key_mode=top_fraction reduce.top_fraction=0.01")
 
 
+def criterion_names(names, where: str) -> list[str]:
+    """Plain criterion names of ``where`` (a config key), checked: known, unique, not empty."""
+    valid = [c.value for c in CriterionName]
+    plain = [getattr(n, "value", n) for n in names]
+    bad = [n for n in plain if n not in valid]
+    if bad:
+        raise ConfigError(f"{where} has unknown criterion {bad[0]!r}; valid: {', '.join(valid)}")
+    if not plain:
+        raise ConfigError(f"{where} is empty; choose from {', '.join(valid)}")
+    if len(set(plain)) != len(plain):
+        raise ConfigError(f"{where} has duplicates: {plain}")
+    return plain
+
+
+def _rate(value, where: str, lo_open: bool = True) -> None:
+    if value is None or not (0 < value <= 1 if lo_open else 0 <= value <= 1):
+        raise ConfigError(f"{where}={value} must be in {'(0, 1]' if lo_open else '[0, 1]'}")
+
+
+def check_criteria(cfg: RunConfig) -> None:
+    """reduce.criteria / ablation.criteria and each criterion's settings, before any compute."""
+    r = cfg.reduce
+    names = criterion_names(r.criteria, "reduce.criteria")
+    recorded = [Statistic(s).value for s in cfg.capture.statistics]
+    for name in names:
+        for stat in CRITERION_STATISTICS[name]:
+            if stat not in recorded:
+                raise ConfigError(f"reduce.criteria includes {name}, which reads the statistic {stat}; add it: "
+                                  f"capture.statistics=[{','.join(recorded + [stat])}] (a new store path)")
+    for name in criterion_names(cfg.ablation.criteria, "ablation.criteria"):
+        if name not in names:
+            raise ConfigError(f"ablation.criteria includes {name}, which reduce.criteria {names} does not compute; "
+                              f"add it to reduce.criteria")
+    if "lape" in names:
+        for key in ("top_rate", "filter_rate", "activation_bar_ratio"):
+            _rate(getattr(r.lape, key), f"reduce.lape.{key}", lo_open=key != "top_rate")
+    if "lna" in names:
+        _rate(r.lna.top_rate, "reduce.lna.top_rate", lo_open=False)
+        _rate(r.lna.activation_bar_ratio, "reduce.lna.activation_bar_ratio")
+        if r.lna.lam is None and not (r.lna.lam_lo < r.lna.lam_hi and r.lna.lam_eps > 0 and r.lna.max_iter >= 0):
+            raise ConfigError(f"reduce.lna needs lam_lo < lam_hi, lam_eps > 0 and max_iter >= 0; got "
+                              f"lam_lo={r.lna.lam_lo} lam_hi={r.lna.lam_hi} lam_eps={r.lna.lam_eps}")
+    if "average_precision" in names and (r.average_precision.n_top < 0 or r.average_precision.n_bottom < 0
+                                         or r.average_precision.n_top + r.average_precision.n_bottom == 0):
+        raise ConfigError(f"reduce.average_precision.n_top={r.average_precision.n_top} and n_bottom="
+                          f"{r.average_precision.n_bottom} must be >= 0 and not both 0")
+    if r.alignment:
+        K = len(cfg.corpus.languages)
+        if r.knn_k < 1:
+            raise ConfigError(f"reduce.knn_k={r.knn_k} must be >= 1")
+        t = bridge_threshold(r, K)
+        if not 1 <= t <= min(r.knn_k, K - 1):
+            raise ConfigError(f"reduce.bridge_threshold={t} can bridge no unit with reduce.knn_k={r.knn_k} and "
+                              f"{K} languages (need 1 <= t <= min(knn_k, K-1) = {min(r.knn_k, K - 1)}); lower it")
+
+
+def bridge_threshold(r: ReduceConfig, n_languages: int) -> int:
+    """ILO's t: reduce.bridge_threshold, or min(3, K − 1) when it is None (3 is the script's default)."""
+    return int(r.bridge_threshold) if r.bridge_threshold is not None else min(3, n_languages - 1)
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Every cross-field rule checkable from the config alone; raises ConfigError naming the key."""
     K = len(cfg.corpus.languages)
@@ -113,6 +176,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"reduce.statistic={Statistic(cfg.reduce.statistic).value} is not recorded; "
                           f"add it to capture.statistics {[Statistic(s).value for s in cfg.capture.statistics]}")
     check_key_selection(cfg.reduce, K)
+    check_criteria(cfg)
     if not 0 < cfg.reduce.ci_level < 1:
         raise ConfigError(f"reduce.ci_level={cfg.reduce.ci_level} must be in (0, 1)")
     if cfg.reduce.edge_layers < 1:

@@ -19,67 +19,10 @@ from lingua_ray import metrics
 from lingua_ray.config import ConfigError, KeyMode
 from lingua_ray.registry import Registry
 
-# --------------------------------------------------------------------------- settings (stdlib only)
-
-
-@dataclass
-class ZScoreSettings:
-    """The paper's criterion (METHOD.md "Key neurons"), the default.
-
-    mode: "zscore" (key when z > tau) or "top_fraction" (per language the top ``top_fraction`` of
-        all L·F neurons by z, z > 0 only).
-    tau: threshold on z; must be < sqrt(K-1), the largest z across K languages.
-    top_fraction: in (0, 1), for mode "top_fraction".
-    """
-
-    mode: str = "zscore"
-    tau: float = 2.0
-    top_fraction: Optional[float] = None
-
-
-@dataclass
-class LapeSettings:
-    """LAPE (Tang et al., ACL 2024); defaults of RUCAIBox/Language-Specific-Neurons identify.py (4eb5ea3).
-
-    top_rate: share of all L·F (layer, neuron) pairs kept, lowest entropy first.
-    filter_rate: a neuron is dropped unless some language's p exceeds this quantile of all K·L·F p.
-    activation_bar_ratio: a kept neuron belongs to every language whose p exceeds this quantile.
-    """
-
-    top_rate: float = 0.01
-    filter_rate: float = 0.95
-    activation_bar_ratio: float = 0.95
-
-
-@dataclass
-class AveragePrecisionSettings:
-    """Average precision (Kojima et al., NAACL 2024; kojima-takeshi188/lang_neuron).
-
-    n_top: per language, the neurons of highest AP over all L·F (their release: 1000).
-    n_bottom: per language, the neurons of lowest AP (their release adds 1000; off here by default).
-    """
-
-    n_top: int = 1000
-    n_bottom: int = 0
-
-
-@dataclass
-class LnaSettings:
-    """LNA (Zhang et al., AAAI 2026; NJUNLP/Language-Neurons-Alignment).
-
-    top_rate: share of all L·F pairs kept, lowest score first (their README and masks: 0.01).
-    activation_bar_ratio: a kept neuron belongs to every language whose p exceeds this quantile.
-    lam: λ of the score; None searches it as their autosweep does, in [lam_lo, lam_hi] until the
-        bracket is narrower than lam_eps (or max_iter halvings).
-    """
-
-    top_rate: float = 0.01
-    activation_bar_ratio: float = 0.95
-    lam: Optional[float] = None
-    lam_lo: float = 0.0
-    lam_hi: float = 0.2
-    lam_eps: float = 1e-3
-    max_iter: int = 64
+# The settings dataclasses are stdlib-only (criteria_settings.py) so lingua_ray.config can type
+# ``reduce.lape`` etc. with them without importing numpy; re-exported here.
+from lingua_ray.criteria_settings import (AveragePrecisionSettings, LapeSettings, LnaSettings,  # noqa: E402
+                                          ZScoreSettings)
 
 
 # --------------------------------------------------------------------------- inputs and results

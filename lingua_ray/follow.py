@@ -29,7 +29,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from lingua_ray.config import CheckpointConfig, FollowConfig, ModelSource, RunConfig, Stage
 

@@ -19,7 +19,9 @@ Two managers sit on ``HookSet``:
 
 A new statistic is one function registered in ``STATISTICS`` (``@statistic("name")``),
 its name a ``lingua_ray.config.Statistic`` value; it may declare another hook point,
-itself one entry of ``HOOK_POINTS``.
+itself one entry of ``HOOK_POINTS``. ``act_pos_frac`` does: it reads ``act_fn_output``, the
+output of each layer's FFN activation-function module (``Adapter.activation_modules``), shape
+(B, T, F) like the capture point.
 """
 
 from __future__ import annotations
@@ -75,6 +77,20 @@ DOWN_PROJ_INPUT = HOOK_POINTS.register(
         modules=lambda model: get_adapter(model).down_projections(model),
         side="input",
         description="the FFN down-projection input",
+    ),
+)
+
+
+# LAPE's activation (issue 12): the FFN activation-function output, act_fn(gate(x)) for gated FFNs
+# (the down-projection input is act(gate(x)) * up(x), whose sign differs) and the activation output,
+# i.e. the down-projection input itself, for BLOOM / GPT-2 / GPT-NeoX. The adapter names the module.
+ACT_FN_OUTPUT = HOOK_POINTS.register(
+    "act_fn_output",
+    HookPoint(
+        "act_fn_output",
+        modules=lambda model: get_adapter(model).activation_modules(model),
+        side="output",
+        description="the FFN activation-function output",
     ),
 )
 
@@ -241,6 +257,13 @@ def _last(u: torch.Tensor, units: UnitPositions) -> torch.Tensor:
 def _pos_frac(u: torch.Tensor, units: UnitPositions) -> torch.Tensor:
     """fraction of t in T(s) with u[t, k] > 0   (LAPE-style activation probability)."""
     return units.sum((u > 0).float()) / units.counts[:, None]
+
+
+@statistic(Statistic.act_pos_frac.value, point=ACT_FN_OUTPUT.name)
+def _act_pos_frac(h: torch.Tensor, units: UnitPositions) -> torch.Tensor:
+    """fraction of t in T(s) with act_fn(gate(x))[t, k] > 0, at the activation-function output
+    (LAPE's and LNA's p; equal to pos_frac only where the FFN is not gated)."""
+    return units.sum((h > 0).float()) / units.counts[:, None]
 
 
 def statistic_names(statistics: Sequence[str | Statistic]) -> list[str]:

@@ -25,6 +25,7 @@ from lingua_ray import atomic
 from lingua_ray.report_common import (colors, details, esc, figure, figure_html, fmt, fmt_ci, fmt_p, fmt_sd,
                                       mark_signed, nan, note, page, sparse_ticks, table, tex, tick_label, twins,
                                       zero_line)
+from lingua_ray.report_criteria import criteria_section
 from lingua_ray.report_evolution import evolution_section, identical_banner, identity_text
 from lingua_ray.results import normalize_results, validate_results
 from lingua_ray.specificity import mask_means
@@ -364,6 +365,7 @@ def render_report(results: dict) -> str:
         body.append(evolution_section(d))
     if d["ablation"] is not None:
         body.append(_ablation_section(d))
+    body.append(criteria_section(d))
     return page(f"lingua_ray: {d['run']['name']}", body)
 
 

@@ -1,4 +1,4 @@
-"""results.json (schema version 2; version 1 files still load): pydantic models, validation, writing, reading.
+"""results.json (schema version 3; versions 1 and 2 still load): pydantic models, validation, writing, reading.
 
 The reduce and ablate stages build a ``Results`` (or the equivalent plain dict); this module
 checks it against the models below and writes it as ``results.json`` plus flat CSV tables
@@ -16,7 +16,8 @@ ValidationError (a ValueError); ``write_results`` of the built model raises Resu
 
 Versions: 1 is the original file; 2 adds two top-level keys that may be absent (never null):
 ``evolution`` (results_evolution.py) and ``identical_checkpoints``. A version-1 file has
-neither and still loads; a file that has either must say version 2.
+neither and still loads; a file that has either must say version 2. 3 adds ``criteria`` and
+``alignment`` (results_criteria.py), also absent-or-present, never null.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from lingua_ray import atomic
 from lingua_ray.results_checks import (ResultsError, check_against_grid, fail, normalize_results, plain_value,
                                        results_error)
 from lingua_ray.results_csv import ABLATION_CSV_FILES, CSV_FILES, csv_tables
+from lingua_ray.results_criteria import (Alignment, AlignmentCheckpoint, AlignmentScope, CriteriaBase,
+                                         CriteriaCheckpoint, CriterionCounts, CriterionOverlap, CriterionStability,
+                                         MetricCI, check_alignment, check_criteria)
 from lingua_ray.results_evolution import (EdgeShare, Evolution, ShareStat, check_evolution,
                                           check_identical_checkpoints)
 from lingua_ray.results_types import (COS_DIFF, NATS, Cosine, Count, Finite, NonEmptyStr, OptFloat, PValue, _doc,
@@ -43,12 +47,14 @@ __all__ = [
     "validate_results", "write_results", "load_results", "csv_tables", "Results", "ResultsRunInfo", "Grid",
     "CheckpointRef", "Settings", "Stat", "ScorePair", "PerLayer", "KeyNeurons", "CheckpointResults",
     "AblationRow", "Specificity", "AblationCheckpoint", "Ablation", "Evolution", "EdgeShare", "ShareStat",
-    "SUPPORTED_VERSIONS", "VERSION_2_KEYS",
+    "SUPPORTED_VERSIONS", "VERSION_2_KEYS", "VERSION_3_KEYS", "Criteria", "CriteriaCheckpoint", "CriterionCounts",
+    "CriterionOverlap", "CriterionStability", "Alignment", "AlignmentCheckpoint", "AlignmentScope", "MetricCI",
 ]
 
-SCHEMA_VERSION = 2  # what write_results callers should put in new files
-SUPPORTED_VERSIONS = (1, 2)  # what this reader accepts
+SCHEMA_VERSION = 3  # what write_results callers should put in new files
+SUPPORTED_VERSIONS = (1, 2, 3)  # what this reader accepts
 VERSION_2_KEYS = ("evolution", "identical_checkpoints")  # top-level keys a version-1 file cannot have
+VERSION_3_KEYS = ("criteria", "alignment")  # top-level keys a version-1 or -2 file cannot have
 RESULTS_FILE = "results.json"
 
 
@@ -248,11 +254,20 @@ class Ablation(_Model):
     checkpoints: list[AblationCheckpoint] = _doc("per ablated checkpoint; labels are grid labels, unique")
 
 
+class Criteria(CriteriaBase):
+    """Key-neuron criteria side by side on the same activations (``criteria``; docs/criteria.md)."""
+
+    ablation: Optional[dict[str, Ablation]] = _doc_optional(
+        "per criterion of `ablation.criteria`: its deactivation matrix, the `key:<lang>` rows being this "
+        "criterion's sets and the `random:<lang>` rows their matched controls; `ablation` repeats the "
+        "`zscore` entry. Absent until the ablate stage ran")
+
+
 class Results(_Model):
     """The whole results.json. Build it from the stage's values; every check runs on construction."""
 
-    schema_version: int = _doc("`2`; `1` for files written before `evolution` and `identical_checkpoints` "
-                               "existed (they still load, and cannot hold those keys)")
+    schema_version: int = _doc("`3`; `2` for files written before `criteria` and `alignment` existed, `1` before "
+                               "`evolution` and `identical_checkpoints` (they still load, and cannot hold those keys)")
     run: ResultsRunInfo = _doc("where the numbers came from")
     grid: Grid = _doc("the shapes K, S, L, F and the checkpoints")
     settings: Settings = _doc("key-neuron and uncertainty settings")
@@ -263,6 +278,10 @@ class Results(_Model):
     identical_checkpoints: list[Annotated[list[NonEmptyStr], Field(min_length=2)]] = _doc_optional(
         "groups of `grid.checkpoints` labels whose weights hash the same (`weights_sha256`), each in grid order, "
         "no label in two groups; `[]`: checked, none found; absent: not checked")
+    criteria: Criteria = _doc_optional("every configured key-neuron criterion side by side (version 3); absent "
+                                       "when not computed")
+    alignment: Alignment = _doc_optional("retrieval, MEXA, ILO and CKA per layer and overall (version 3); absent "
+                                         "when `reduce.alignment` is false")
 
     @field_validator("schema_version")
     @classmethod
@@ -271,7 +290,7 @@ class Results(_Model):
             fail("", f"is {v!r}; this reader knows versions {', '.join(map(str, SUPPORTED_VERSIONS))}")
         return v
 
-    @field_validator(*VERSION_2_KEYS, mode="before")
+    @field_validator(*VERSION_2_KEYS, *VERSION_3_KEYS, mode="before")
     @classmethod
     def _absent_not_null(cls, v: Any) -> Any:
         if v is None:
@@ -280,14 +299,19 @@ class Results(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Results":
-        for key in VERSION_2_KEYS:
-            if self.schema_version < 2 and getattr(self, key) is not None:
-                fail(key, f"needs schema_version 2 (the file says {self.schema_version})")
+        for keys, version in ((VERSION_2_KEYS, 2), (VERSION_3_KEYS, 3)):
+            for key in keys:
+                if self.schema_version < version and getattr(self, key) is not None:
+                    fail(key, f"needs schema_version {version} (the file says {self.schema_version})")
         check_against_grid(self)  # shapes that depend on the grid, and what the numbers imply
         if self.evolution is not None:
             check_evolution(self.evolution, "evolution", self)
         if self.identical_checkpoints is not None:
             check_identical_checkpoints(self.identical_checkpoints, "identical_checkpoints", self.grid)
+        if self.criteria is not None:
+            check_criteria(self.criteria, "criteria", self)
+        if self.alignment is not None:
+            check_alignment(self.alignment, "alignment", self)
         return self
 
 

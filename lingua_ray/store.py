@@ -1,7 +1,7 @@
 """The activation store: a Zarr v3 group, the only module that knows Zarr.
 
 Layout (docs/store.md):
-    activations[_last|_pos_frac]  float32 (checkpoint, language, unit, layer, neuron)
+    activations[_last|_pos_frac|_act_pos_frac]  float32 (checkpoint, language, unit, layer, neuron)
         chunk (1, 1, B, 1, F)  — a reducer reads one layer of one block cheaply
         shard (1, 1, B, L, F)  — one work unit (checkpoint, language, unit block) owns whole shards,
                                  because two writers touching one shard lose data
@@ -11,6 +11,9 @@ Layout (docs/store.md):
     checkpoint, checkpoint_revision, checkpoint_step, language, unit, layer: coordinates
     text       str (language, unit)                 the exact input of every cell
     attrs["lingua_ray"]: the manifest (format, identity, fingerprints, resolved config)
+    key_score, key_z, key_mask (checkpoint, language, layer, neuron)   the reducer's z-score key neurons
+    mask_<criterion> bool (checkpoint, language, layer, neuron)        every reduce.criteria mask, its settings
+                                                                       and per-checkpoint info in attrs
 
 Only the driver creates or grows the store and edits the manifest; recorder
 actors only write whole blocks through ``write_block``.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import zarr
@@ -433,3 +436,48 @@ class ActivationStore:
         if "key_mask" not in self.group:
             raise StoreError(f"store {self.path!r} has no key_mask: run the reduce stage first")
         return self.group["key_mask"][self._index(checkpoint, self.languages[0])[0]]
+
+    # ---- criterion masks (reduce stage; docs/criteria.md) ----
+
+    def write_criterion_mask(self, checkpoint: str, name: str, mask: np.ndarray, settings: dict,
+                             info: dict | None = None) -> None:
+        """Write criterion ``name``'s bool (K, L, F) mask of one checkpoint as ``mask_<name>``
+        (dims checkpoint, language, layer, neuron) beside key_mask; ``settings`` go into its attrs
+        (those of the run that wrote it), ``info`` (thresholds, λ) into attrs["info"][checkpoint]."""
+        C, K, _, L, F = self.shape
+        if np.shape(mask) != (K, L, F) or np.asarray(mask).dtype != np.bool_:
+            raise StoreError(f"criterion {name!r} mask for {checkpoint!r} must be bool {(K, L, F)}, "
+                             f"got {np.asarray(mask).dtype} {np.shape(mask)}")
+        c = self._index(checkpoint, self.languages[0])[0]
+        arr_name = f"mask_{name}"
+        if arr_name not in self.group:
+            self.group.create_array(arr_name, shape=(C, K, L, F), chunks=(1, 1, 1, F), dtype="bool",
+                                    fill_value=False, dimension_names=("checkpoint", "language", "layer", "neuron"))
+            self.group[arr_name].attrs["coordinates"] = CHECKPOINT_COORDS
+        a = self.group[arr_name]
+        if a.shape != (C, K, L, F):
+            a.resize((C, K, L, F))
+        a[c] = mask
+        infos = dict(a.attrs.get("info", {}))
+        infos[checkpoint] = json.loads(json.dumps(info or {}, default=float))
+        a.attrs.update({"settings": settings, "criterion": name, "info": infos})
+
+    def criterion_settings(self, name: str) -> dict | None:
+        """The settings ``mask_<name>`` was written with, or None when the store has no such mask."""
+        arr_name = f"mask_{name}"
+        return dict(self.group[arr_name].attrs["settings"]) if arr_name in self.group else None
+
+    def read_criterion_mask(self, checkpoint: str, name: str) -> np.ndarray:
+        """bool (K, L, F) mask of criterion ``name`` for one checkpoint (reduce stage)."""
+        if f"mask_{name}" not in self.group:
+            raise StoreError(f"store {self.path!r} has no mask_{name}: add {name} to reduce.criteria and run "
+                             "the reduce stage")
+        return self.group[f"mask_{name}"][self._index(checkpoint, self.languages[0])[0]]
+
+    def read_layer_features(self, checkpoint: str, layer: int, f0: int, f1: int, stat: str = "mean") -> np.ndarray:
+        """float32 (K, S, f1 - f0): neurons f0:f1 of one layer, all units (decoded one chunk at a time)."""
+        c = self._index(checkpoint, self.languages[0])[0]
+        try:
+            return self.group[stat_array(stat)][c, :, :, layer, f0:f1]
+        except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
+            raise self._locate_damage(checkpoint, c, layer, stat, e) from e

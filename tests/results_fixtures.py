@@ -120,7 +120,8 @@ def make_ablation_checkpoint(label: str, languages: list[str], eval_languages: l
 def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, ablation: bool = True,
                  languages: list[str] | None = None, F: int = 6, R: int = 3, seed: int = 0,
                  steps: bool = True, version: int = 2, evolution: bool = True,
-                 identical: list[list[int]] | None = None, masks_out: dict | None = None) -> dict:
+                 identical: list[list[int]] | None = None, masks_out: dict | None = None,
+                 criteria: bool = False) -> dict:
     """A valid results dict over a K x S grid, L layers of F neurons, ``n_checkpoints`` checkpoints.
 
     ``version=1`` gives a file from before the evolution keys (no ``evolution``, no
@@ -128,6 +129,9 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
     lingua_ray.evolution.summarise from the fixture's own key masks) and ``identical`` lists
     groups of checkpoint indices that get the same activations and masks (the same weights);
     they go into ``identical_checkpoints``. ``masks_out``, if given, receives label -> mask.
+    ``criteria`` (version 3) adds the ``criteria`` section (zscore = the key masks, lape and
+    average_precision random sets; their ablation when ``ablation``) and ``alignment`` (from the
+    fixture's activations, by lingua_ray.alignment).
     """
     rng = np.random.default_rng(seed)
     langs = list(languages) if languages is not None else [f"l{i}" for i in range(K)]
@@ -135,7 +139,7 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
     refs = [{"label": f"step{1000 * (i + 1)}" if steps else f"ckpt-{i}", "revision": f"rev{i}" if i % 2 == 0 else None,
              "step": 1000 * (i + 1) if steps else None} for i in range(n_checkpoints)]
     same_as = {i: g[0] for g in (identical or []) for i in g[1:]}
-    cps, drawn, masks = [], {}, {}
+    cps, drawn, masks, acts = [], {}, {}, []
     for ci, ref in enumerate(refs):
         # language, meaning and neuron structure so the scores are not all near zero
         a = (rng.normal(size=(K, S, L, F)) + rng.normal(size=(K, 1, L, F)) + rng.normal(size=(1, S, L, F))
@@ -144,6 +148,7 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
         if ci in same_as:  # the same weights: the same activations, so the same everything
             a, mask = drawn[same_as[ci]]
         drawn[ci] = (a, mask)
+        acts.append(a)
         masks[ref["label"]] = mask
         v = a.reshape(K, S, L * F)
         B, D = block_means(v)
@@ -194,6 +199,58 @@ def make_results(K: int = 3, S: int = 5, L: int = 4, n_checkpoints: int = 2, *, 
         if evolution:
             d["evolution"] = summarise(cps, masks.__getitem__, langs, k=3, level=d["settings"]["ci_level"])
         d["identical_checkpoints"] = [[refs[i]["label"] for i in g] for g in (identical or [])]
+    if criteria:
+        assert version >= 3
+        _add_criteria(d, acts, masks, rng, R, ablation)
     if masks_out is not None:
         masks_out.update(masks)
     return d
+
+
+CRITERIA = ("zscore", "lape", "average_precision")
+
+
+def _add_criteria(d: dict, acts: list, masks: dict, rng, R: int, ablation: bool) -> None:
+    from lingua_ray.alignment import AlignmentSettings, alignment_from_vectors
+    from lingua_ray.criteria import CriterionResult
+    from lingua_ray.reduce_criteria import alignment_entry, criterion_entry, overlap_entry, stability_section
+
+    langs, refs = d["grid"]["languages"], d["grid"]["checkpoints"]
+    K, S, L, F = acts[0].shape
+    per_ck, by_name = [], {n: [] for n in CRITERIA}
+    for ref in refs:
+        ms = {"zscore": masks[ref["label"]], "lape": rng.random((K, L, F)) < 0.1,
+              "average_precision": rng.random((K, L, F)) < 0.2}
+        for n, m in ms.items():
+            by_name[n].append(m)
+        per_ck.append({"label": ref["label"],
+                       "criteria": {n: criterion_entry(CriterionResult(n, m, m.astype(float), {}, {"x": 1.0}), langs)
+                                    for n, m in ms.items()},
+                       "overlap": overlap_entry(ms, langs)})
+    stab = None
+    if len(refs) > 1:
+        parts = {n: [stability_section(ms[i:i + 2], langs) for i in range(len(ms) - 1)] for n, ms in by_name.items()}
+        stab = {n: {"overall": [p["overall"][0] for p in ps],
+                    "per_language": {lang: [p["per_language"][lang][0] for p in ps] for lang in langs},
+                    "per_layer": [[p["per_layer"][i][0] for p in ps] for i in range(L)]} for n, ps in parts.items()}
+    d["criteria"] = {"names": list(CRITERIA), "settings": {n: {} for n in CRITERIA},
+                     "sources": {n: f"source of {n}" for n in CRITERIA}, "checkpoints": per_ck, "stability": stab}
+    st = AlignmentSettings(knn_k=3, bridge_threshold=min(2, K - 1))
+    d["alignment"] = {"knn_k": 3, "bridge_threshold": st.bridge_threshold, "checkpoints": [
+        {"label": ref["label"],
+         "overall": alignment_entry(alignment_from_vectors(a.reshape(K, S, -1), K, S, st), 50, 0, 0.95),
+         "per_layer": [alignment_entry(alignment_from_vectors(a[:, :, i], K, S, st), 50, 0, 0.95) for i in range(L)]}
+        for ref, a in zip(refs, acts)]}
+    if ablation:
+        d["criteria"]["ablation"] = {"zscore": d["ablation"]}
+        for n, boost in (("lape", 0.2), ("average_precision", 3.0)):
+            cks = [make_ablation_checkpoint(ref["label"], langs, langs, R, rng, L * F) for ref in refs]
+            for cp in cks:  # a stronger own-language effect for average_precision: the report names it
+                for row in cp["rows"]:
+                    if row["mask"].startswith("key:") and n == "average_precision":
+                        lang = row["language"]
+                        row["ppl"][lang] *= math.exp(boost)
+                        row["log_ppl_ratio"][lang] += boost
+                cp["specificity"] = naive_specificity(cp["rows"], cp["eval_languages"])
+            d["criteria"]["ablation"][n] = {**{k: v for k, v in d["ablation"].items() if k != "checkpoints"},
+                                            "checkpoints": cks}

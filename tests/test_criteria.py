@@ -318,3 +318,74 @@ def test_overlaps_and_stability_match_sets():
     st = cr.stability(steps)
     assert st["overall"].tolist() == pytest.approx([out["overall"][0, 1], out["overall"][1, 2]])
     np.testing.assert_allclose(st["per_language"][1], out["per_language"][1, 2])
+
+
+# --------------------------------------------------------------------------- the config (issue 12)
+
+from lingua_ray.config import (CriterionName, RunConfig, bridge_threshold,  # noqa: E402
+                               to_run_config, validate)
+from lingua_ray.criteria_settings import CRITERION_STATISTICS  # noqa: E402
+
+
+def test_default_config_runs_only_zscore_and_validates():
+    cfg = validate(RunConfig())
+    assert cfg.reduce.criteria == [CriterionName.zscore] and cfg.ablation.criteria == [CriterionName.zscore]
+    assert cfg.reduce.lape == cr.LapeSettings() and cfg.reduce.lna == cr.LnaSettings()
+    assert [c.value for c in CriterionName] == ["zscore", "lape", "average_precision", "lna"]
+    assert set(CRITERION_STATISTICS) == set(cr.CRITERIA.names())
+    for name, stats in CRITERION_STATISTICS.items():  # what validate() demands is what the criterion reads
+        assert set(stats) == set(cr.CRITERIA.get(name).needs) - {"mean", "n_tokens"}  # mean: reduce.statistic
+
+
+def test_criteria_config_from_the_command_line():
+    from omegaconf import OmegaConf
+
+    cfg = to_run_config(OmegaConf.from_dotlist(["reduce.criteria=[zscore,lape,lna]", "reduce.lape.top_rate=0.02",
+                                                "capture.statistics=[mean,act_pos_frac]",
+                                                "ablation.criteria=[lape]", "reduce.lna.lam=0.1"]))
+    validate(cfg)
+    assert cfg.reduce.criteria == [CriterionName.zscore, CriterionName.lape, CriterionName.lna]
+    assert cfg.reduce.lape.top_rate == 0.02 and cfg.reduce.lna.lam == 0.1
+    with pytest.raises(Exception, match="expected one of .zscore, lape, average_precision, lna"):
+        to_run_config(OmegaConf.from_dotlist(["reduce.criteria=[lapee]"]))
+    with pytest.raises(ConfigError, match=r"unknown config key 'reduce.lape.top_ratee'.*Did you mean reduce.lape.top_rate"):
+        to_run_config(OmegaConf.from_dotlist(["reduce.lape.top_ratee=1"]))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: setattr(c.reduce, "criteria", ["zscore", "lape"]),
+     r"reduce.criteria includes lape, which reads the statistic act_pos_frac; add it: "
+     r"capture.statistics=\[mean,act_pos_frac\]"),
+    (lambda c: setattr(c.reduce, "criteria", ["lna"]), r"lna, which reads the statistic act_pos_frac"),
+    (lambda c: setattr(c.reduce, "criteria", ["zscore", "lapee"]),
+     r"reduce.criteria has unknown criterion 'lapee'; valid: zscore, lape, average_precision, lna"),
+    (lambda c: setattr(c.reduce, "criteria", []), r"reduce.criteria is empty"),
+    (lambda c: setattr(c.reduce, "criteria", ["zscore", "zscore"]), r"reduce.criteria has duplicates"),
+    (lambda c: setattr(c.ablation, "criteria", ["average_precision"]),
+     r"ablation.criteria includes average_precision, which reduce.criteria \['zscore'\] does not compute"),
+    (lambda c: (setattr(c.reduce, "criteria", ["zscore", "average_precision"]),
+                setattr(c.reduce.average_precision, "n_top", 0)), r"n_top=0 and n_bottom=0"),
+    (lambda c: (setattr(c.capture, "statistics", ["mean", "act_pos_frac"]), setattr(c.reduce, "criteria", ["lape"]),
+                setattr(c.ablation, "criteria", ["lape"]), setattr(c.reduce.lape, "filter_rate", 1.5)),
+     r"reduce.lape.filter_rate=1.5 must be in \(0, 1\]"),
+    (lambda c: setattr(c.reduce, "bridge_threshold", 9),
+     r"reduce.bridge_threshold=9 can bridge no unit with reduce.knn_k=5 and 9 languages"),
+    (lambda c: setattr(c.reduce, "knn_k", 0), r"reduce.knn_k=0 must be >= 1"),
+])
+def test_criteria_config_refused_before_compute(change, match):
+    cfg = RunConfig()
+    cfg.ablation.criteria = ["zscore"]
+    change(cfg)
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
+
+
+def test_bridge_threshold_default_fits_the_languages():
+    cfg = RunConfig()
+    assert bridge_threshold(cfg.reduce, 9) == 3 and bridge_threshold(cfg.reduce, 3) == 2
+    cfg.corpus.languages = ["en", "fr", "id"]
+    cfg.reduce.tau = 1.0
+    validate(cfg)  # the default t = 3 would be an error with K = 3; None adapts
+    cfg.reduce.alignment = False
+    cfg.reduce.bridge_threshold = 7
+    validate(cfg)  # not checked when alignment is off

@@ -8,6 +8,7 @@ import torch
 
 from lingua_ray.config import ConfigError, Statistic
 from lingua_ray.hooks import (
+    ACT_FN_OUTPUT,
     DOWN_PROJ_INPUT,
     HOOK_POINTS,
     STATISTICS,
@@ -192,11 +193,13 @@ def test_zero_writes_exact_zeros_in_model_dtype(tok):
 
 def test_registry_holds_exactly_the_config_statistics():
     assert set(STATISTICS.names()) == {s.value for s in Statistic}
-    assert all(STATISTICS.get(s.value).point == DOWN_PROJ_INPUT.name for s in Statistic)
+    own_point = {Statistic.act_pos_frac}
+    assert all(STATISTICS.get(s.value).point == DOWN_PROJ_INPUT.name for s in Statistic if s not in own_point)
+    assert STATISTICS.get("act_pos_frac").point == ACT_FN_OUTPUT.name
 
 
 def test_unknown_statistic_lists_valid_names(model):
-    with pytest.raises(ConfigError, match=r"unknown statistic 'meen'; valid: last, mean, pos_frac.*'mean'"):
+    with pytest.raises(ConfigError, match=r"unknown statistic 'meen'; valid: act_pos_frac, last, mean, pos_frac.*'mean'"):
         Reader(model, ["meen"])
 
 
@@ -328,3 +331,70 @@ def test_stop_waits_for_every_hook_point(model, tok):
     finally:
         STATISTICS.unregister("test_up_mean2")
         HOOK_POINTS.unregister(point.name)
+
+
+# --------------------------------------------------------------------------- act_pos_frac (LAPE's statistic)
+
+
+def _naive_act_pos_frac(model, tok, texts):
+    """Per text, layer, neuron: a Python loop over own tokens of act_fn(gate(x)) > 0, with act_fn and
+    gate taken from the MLP by hand (and the down-projection input, for comparison)."""
+    mlps = [layer.mlp for layer in get_adapter(model).layer_modules(model)]
+    gates, downs = [], []
+    probes = [m.gate_proj.register_forward_hook(lambda mod, a, out: gates.append(out.detach().clone()))
+              for m in mlps]
+    probes += [m.down_proj.register_forward_pre_hook(lambda mod, a: downs.append(a[0].detach().clone()))
+               for m in mlps]
+    act, pos = [], []
+    try:
+        for text in texts:
+            gates.clear(), downs.clear()
+            enc = tok([text], return_tensors="pt")
+            with torch.no_grad():
+                get_adapter(model).body_module(model)(**enc, use_cache=False)
+            own = [t for t in range(enc["input_ids"].shape[1]) if int(enc["input_ids"][0, t]) > 2]
+            a_t, p_t = [], []
+            for layer, mlp in enumerate(mlps):
+                h = mlp.act_fn(gates[layer])[0]
+                u = downs[layer][0]
+                a_t.append([sum(float(h[t, k]) > 0 for t in own) / len(own) for k in range(h.shape[-1])])
+                p_t.append([sum(float(u[t, k]) > 0 for t in own) / len(own) for k in range(u.shape[-1])])
+            act.append(a_t)
+            pos.append(p_t)
+    finally:
+        for p in probes:
+            p.remove()
+    return torch.tensor(act), torch.tensor(pos)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_act_pos_frac_is_the_activation_output_not_the_down_projection_input(model_type, tok):
+    """A real tiny gated model: act(gate) and act(gate)*up differ in sign, so act_pos_frac (at the
+    activation-function output) differs from pos_frac (at the down-projection input) and equals a
+    naive loop over act_fn(gate_proj(x))."""
+    model = tiny_model(model_type)
+    texts = ["abc de", "fghij klm", "no"]
+    naive_act, naive_pos = _naive_act_pos_frac(model, tok, texts)
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with Reader(model, ["pos_frac", "act_pos_frac"], stop=True) as reader:
+        assert [hs.point.name for hs in reader.sets] == [DOWN_PROJ_INPUT.name, ACT_FN_OUTPUT.name]
+        reader.start(own_of(enc))
+        with torch.no_grad():
+            reader.run(get_adapter(model).body_module(model), **enc, use_cache=False)
+        got = reader.collect()
+    torch.testing.assert_close(got["act_pos_frac"], naive_act.float())
+    torch.testing.assert_close(got["pos_frac"], naive_pos.float())
+    differ = (got["act_pos_frac"] != got["pos_frac"]).float().mean()
+    assert differ > 0.3, f"only {differ:.0%} of entries differ: the test would not tell the two apart"
+
+
+def test_act_pos_frac_equals_pos_frac_where_the_ffn_is_not_gated(tok):
+    model = tiny_model("gpt2")
+    enc = tok(["abc de", "fghij klm"], return_tensors="pt", padding=True)
+    with Reader(model, ["pos_frac", "act_pos_frac"]) as reader:
+        reader.start(own_of(enc))
+        with torch.no_grad():
+            reader.run(get_adapter(model).body_module(model), **enc, use_cache=False)
+        got = reader.collect()
+    torch.testing.assert_close(got["act_pos_frac"], got["pos_frac"])
+    assert 0 < float(got["act_pos_frac"].mean()) < 1

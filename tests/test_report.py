@@ -432,3 +432,74 @@ def test_browser_dom_has_banner_figures_and_captions(identical4, tmp_path):
     across = [f for f in figs if f.attrs["data-checkpoints"] == "step1000|step2000|step3000|step4000"]
     assert len(across) == 6  # per-layer lines + the five figures across checkpoints
     assert "Across checkpoints" in dom.h2
+
+
+# ---------------------------------------------------------------- criteria side by side (issue 12)
+
+
+@pytest.fixture(scope="module")
+def with_criteria():
+    d = make_results(K=4, S=6, L=3, n_checkpoints=2, version=3, criteria=True)
+    return d, render_report(d)
+
+
+def _section(dom: "Page") -> Node:
+    found = dom.root.find_all("section", id="criteria-side-by-side")
+    assert len(found) == 1, "no criteria section"
+    return found[0]
+
+
+def _rows(node: Node, cls: str) -> list[list[str]]:
+    tables = node.find_all("table", cls=cls)
+    assert tables, f"no table of class {cls}"
+    return [[c.text.strip() for c in tr.children if c.tag in ("td", "th")] for tr in tables[-1].find_all("tr")]
+
+
+def _check_criteria_section(d: dict, dom: "Page") -> None:
+    sec = _section(dom)
+    assert "Criteria side by side" in dom.h2
+    names, L = d["criteria"]["names"], d["grid"]["n_layers"]
+    last = d["criteria"]["checkpoints"][-1]
+    counts = _rows(sec, "criteria-counts")
+    assert counts[0][:1 + L] == ["criterion"] + [str(k) for k in range(L)]
+    for row, n in zip(counts[1:], names):  # counts per layer, summed over languages
+        want = np.sum(list(last["criteria"][n]["counts"].values()), axis=0)
+        assert row[0] == n and row[1:1 + L] == [str(int(x)) for x in want]
+        assert row[1 + L] == str(sum(last["criteria"][n]["total"].values()))
+    overlap = _rows(sec, "criteria-overlap")
+    assert overlap[0] == [""] + names
+    for i, row in enumerate(overlap[1:]):
+        assert row[1:] == [fmt(v, 3) for v in last["overlap"]["overall"][i]]
+    spec = _rows(sec, "criteria-specificity")
+    assert [r[0] for r in spec[1:]] == names  # every ablated criterion, against its own control
+    answer = sec.find_all("p", id="most-specific-criterion")
+    assert len(answer) == 1 and "average_precision" in answer[0].text
+    align = _rows(sec, "alignment-per-layer")
+    assert align[0][:4] == ["layer", "LRDS", "SADS", "retrieval"]
+    cp, al = d["checkpoints"][-1], d["alignment"]["checkpoints"][-1]
+    assert len(align) == 1 + L + 1 and align[-1][0] == "all"
+    for k in range(L):  # alignment beside LRDS and SADS of the same layer
+        assert align[1 + k][1] == fmt(cp["per_layer"]["lrds"][k]["value"])
+        assert align[1 + k][3] == fmt(al["per_layer"][k]["retrieval"]["value"], 3)
+    assert _rows(sec, "criteria-stability")[0][0] == "criterion"
+
+
+def test_criteria_section_numbers_are_the_results(with_criteria):
+    d, text = with_criteria
+    _check_criteria_section(d, Page(text))
+
+
+def test_no_criteria_section_without_criteria(with_ablation):
+    assert not Page(with_ablation[1]).root.find_all("section", id="criteria-side-by-side")
+
+
+def test_browser_dom_has_the_criteria_section(with_criteria, tmp_path):
+    d, text = with_criteria
+    path = tmp_path / "report.html"
+    path.write_text(text, encoding="utf-8")
+    dom = Page(dump_dom(path, tmp_path))
+    _check_criteria_section(d, dom)
+    figs = _section(dom).find_all("figure")
+    assert len(figs) == 1
+    w, h = map(int, figs[0].find_all("img")[0].attrs["data-natural"].split("x"))
+    assert w > 100 and h > 100 and figs[0].find_all("figcaption")[0].attrs["data-box"] == "yes"

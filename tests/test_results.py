@@ -136,7 +136,7 @@ MUTATIONS = [
     (lambda d: d["run"].update(nmae="x"), "run.nmae", "unknown key"),
     (lambda d: d["run"].update(created_utc="2025-01-02T03:04:05"), "run.created_utc", "UTC"),
     (lambda d: d["run"].update(created_utc="yesterday"), "run.created_utc", "ISO 8601"),
-    (lambda d: d.update(schema_version=3), "schema_version", "versions 1, 2"),
+    (lambda d: d.update(schema_version=4), "schema_version", "versions 1, 2, 3"),
     (lambda d: d.update(schema_version=1), "evolution", "needs schema_version 2"),
     (lambda d: d.update(evolution=None), "evolution", "leave the key out"),
     (lambda d: d.update(identical_checkpoints=None), "identical_checkpoints", "leave the key out"),
@@ -388,3 +388,57 @@ def test_version_1_with_evolution_names_the_key():
     d.pop("evolution")
     with pytest.raises(ResultsError, match=r"^identical_checkpoints: needs schema_version 2 \(the file says 1\)"):
         validate_results(d)
+
+
+
+# ---------------------------------------------------------------- version 3: criteria and alignment
+
+
+def _v3(**kw):
+    return make_results(K=3, S=5, L=4, n_checkpoints=2, version=3, criteria=True, **kw)
+
+
+@pytest.mark.parametrize("ablation", [True, False])
+def test_version_3_criteria_and_alignment_round_trip(tmp_path, ablation):
+    d = _v3(ablation=ablation)
+    assert R.SCHEMA_VERSION == 3 and ("ablation" in d["criteria"]) == ablation
+    path = write_results(d, tmp_path / "out")
+    assert load_results(path) == json.loads(path.read_text())
+    m = validate_results(load_results(path))
+    assert m.criteria.names == ["zscore", "lape", "average_precision"]
+    assert len(m.alignment.checkpoints[0].per_layer) == 4
+
+
+V3_MUTATIONS = [
+    (lambda d: d.update(schema_version=2), "criteria", "needs schema_version 3"),
+    (lambda d: d.update(criteria=None), "criteria", "leave the key out"),
+    (lambda d: d["criteria"]["checkpoints"][0]["criteria"]["lape"]["total"].update(l0=10 ** 6),
+     'criteria.checkpoints[0].criteria["lape"].total["l0"]', "Σ counts"),
+    (lambda d: d["criteria"]["checkpoints"][1]["criteria"]["zscore"]["counts"]["l1"].append(0),
+     'criteria.checkpoints[1].criteria["zscore"].counts["l1"]', "length 5"),
+    (lambda d: d["criteria"]["checkpoints"][0]["criteria"].pop("lape"), 'criteria.checkpoints[0].criteria["lape"]',
+     "missing"),
+    (lambda d: d["criteria"]["checkpoints"].reverse(), "criteria.checkpoints", "must be the grid's"),
+    (lambda d: d["criteria"]["checkpoints"][0]["overlap"]["per_layer"].pop(), "criteria.checkpoints[0].overlap.per_layer",
+     "length 3"),
+    (lambda d: d["criteria"].update(stability=None), "criteria.stability", "exactly when the grid has one checkpoint"),
+    (lambda d: d["criteria"]["ablation"]["lape"]["checkpoints"][0]["specificity"]["l0"].update(specificity=9.0),
+     'criteria.ablation["lape"].checkpoints[0].specificity["l0"].specificity', "the rows give"),
+    (lambda d: d["criteria"]["ablation"].update(lna=d["criteria"]["ablation"]["lape"]), 'criteria.ablation["lna"]',
+     "not among criteria.names"),
+    (lambda d: d["alignment"]["checkpoints"][0]["per_layer"].pop(), "alignment.checkpoints[0].per_layer", "length 3"),
+    (lambda d: d["alignment"]["checkpoints"][1]["overall"]["mexa_pairs"].pop(),
+     "alignment.checkpoints[1].overall.mexa_pairs", "length 2"),
+    (lambda d: d["alignment"]["checkpoints"][0]["overall"]["retrieval"].update(ci=[0.9, 0.1]),
+     "alignment.checkpoints[0].overall.retrieval.ci", "lo 0.9 > hi 0.1"),
+]
+
+
+@pytest.mark.parametrize("mutate,path,fragment", V3_MUTATIONS, ids=[m[1] + ":" + m[2] for m in V3_MUTATIONS])
+def test_version_3_validation_names_the_bad_path(mutate, path, fragment):
+    d = _v3()
+    validate_results(d)
+    mutate(d)
+    with pytest.raises(ResultsError) as e:
+        validate_results(d)
+    assert e.value.path == path and fragment in e.value.message, str(e.value)

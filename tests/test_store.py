@@ -247,3 +247,29 @@ def test_partly_marked_block_is_not_done(tmp_path):
     st = _filled(tmp_path)
     st.group["cell_crc32"][0, 1, 3] = -1  # one cell of block (2, 4) lost its marker
     assert list(st.missing_blocks()) == [("final", "fr", 2, 4)]
+
+
+def test_criterion_masks_beside_key_mask(tmp_path):
+    """mask_<name> (checkpoint, language, layer, neuron) with its settings and per-checkpoint info;
+    grows with the checkpoints; bad shapes and dtypes refused; reading a missing one says what to run."""
+    path = str(tmp_path / "s.zarr")
+    st = ActivationStore.create_or_extend(path, spec(checkpoints=("a", "b")), unit_block=2)
+    rng = np.random.default_rng(0)
+    masks = {ck: rng.random((2, 3, 4)) < 0.3 for ck in ("a", "b")}
+    for ck in ("a", "b"):
+        st.write_criterion_mask(ck, "lape", masks[ck], {"top_rate": 0.1}, {"lam": np.float64(0.5), "n": 3})
+    again = ActivationStore(path)
+    for ck in ("a", "b"):
+        np.testing.assert_array_equal(again.read_criterion_mask(ck, "lape"), masks[ck])
+    assert again.criterion_settings("lape") == {"top_rate": 0.1} and again.criterion_settings("lna") is None
+    arr = again.group["mask_lape"]
+    assert arr.metadata.dimension_names == ("checkpoint", "language", "layer", "neuron")
+    assert arr.attrs["info"]["b"] == {"lam": 0.5, "n": 3}
+    with pytest.raises(StoreError, match="no mask_lna: add lna to reduce.criteria"):
+        again.read_criterion_mask("a", "lna")
+    with pytest.raises(StoreError, match=r"must be bool \(2, 3, 4\)"):
+        st.write_criterion_mask("a", "lape", masks["a"].astype(np.int8), {})
+    with pytest.raises(StoreError, match=r"must be bool \(2, 3, 4\)"):
+        st.write_criterion_mask("a", "lape", masks["a"][:, :2], {})
+    fill(st)
+    np.testing.assert_array_equal(st.read_layer_features("b", 2, 1, 3), st.read_layer("b", 2)[:, :, 1:3])

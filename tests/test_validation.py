@@ -120,8 +120,9 @@ def test_every_sub_config_can_be_set_from_the_command_line():
     paths = dict(_optional_dataclass_paths(RunConfig))
     assert "ablation.eval_corpus" in paths
     for path, schema in paths.items():
-        f = next(x for x in dataclasses.fields(schema) if x.type in ("Optional[str]", "str", "Optional[int]", "int"))
-        value = "7" if "int" in str(f.type) else "zz"
+        f = next(x for x in dataclasses.fields(schema)
+                 if x.type in ("Optional[str]", "str", "Optional[int]", "int", "float"))
+        value = "0.5" if f.type == "float" else "7" if "int" in str(f.type) else "zz"
         cfg = compose_run(f"{path}.{f.name}={value}")
         node = cfg
         for part in path.split("."):

@@ -3,7 +3,9 @@
 Flow: refuse an incomplete store → per checkpoint, two passes of parallel tasks (one layer each,
 lingua_ray/reduce.py: squared norms, then (S, S)/(K, K) summaries read in unit blocks under
 reduce.max_task_bytes) added up as they finish → LRDS/SADS with intervals and p-values, key
-neurons → key arrays into the store → evolution across checkpoints → results.json.
+neurons → key arrays into the store → every reduce.criteria mask (``mask_<name>``) and the alignment
+metrics, from one more pass of per-layer tasks when a criterion or the alignment needs it
+(reduce_criteria.py) → evolution across checkpoints → results.json (``criteria``, ``alignment``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import numpy as np
 
 import lingua_ray
 from lingua_ray import evolution, metrics, schedule
-from lingua_ray.config import KeyMode, RunConfig, fingerprint, resolved
+from lingua_ray.config import KeyMode, RunConfig, bridge_threshold, criterion_names, fingerprint, resolved
 from lingua_ray.lease import StoreLease
+from lingua_ray.reduce_criteria import (alignment_entry, checkpoint_criteria, criterion_entry, criterion_settings,
+                                        overlap_entry, stability_section)
 from lingua_ray.results import SCHEMA_VERSION, write_results
 from lingua_ray.stages.inputs import store_path
 from lingua_ray.store import ActivationStore
@@ -99,6 +103,66 @@ def checkpoint_summaries(cfg: RunConfig, path: str, plan, checkpoint: str, L: in
     return sums.results()
 
 
+class CriteriaSide:
+    """The criteria and alignment of every checkpoint, one at a time (reduce_criteria.py): masks into the
+    store as ``mask_<name>``, counts and overlaps kept; only the previous checkpoint's masks are held
+    (for stability)."""
+
+    def __init__(self, cfg: RunConfig, languages: list[str]):
+        self.cfg, self.languages = cfg, languages
+        self.names = criterion_names(cfg.reduce.criteria, "reduce.criteria")
+        self.settings = {n: criterion_settings(cfg, n) for n in self.names}
+        self.checkpoints: list[dict] = []
+        self.alignment: list[dict] = []
+        self.previous: dict | None = None
+        self.jaccards: dict[str, list] = {n: [] for n in self.names}
+
+    def add(self, store: ActivationStore, path: str, label: str, sum_x, sum_x2, key_mask) -> None:
+        chosen, align = checkpoint_criteria(self.cfg, path, label, sum_x, sum_x2)
+        if "zscore" in chosen:  # the same rule on the same sums: one mask, two names
+            np.testing.assert_array_equal(chosen["zscore"].mask, key_mask)
+        masks = {n: r.mask for n, r in chosen.items()}
+        for n, r in chosen.items():
+            store.write_criterion_mask(label, n, r.mask, self.settings[n], r.info)
+        self.checkpoints.append({"label": label,
+                                 "criteria": {n: criterion_entry(r, self.languages) for n, r in chosen.items()},
+                                 "overlap": overlap_entry(masks, self.languages)})
+        if self.previous is not None:  # one consecutive pair per criterion
+            for n in self.names:
+                self.jaccards[n].append(stability_section([self.previous[n], masks[n]], self.languages))
+        self.previous = masks
+        if align is not None:
+            r = self.cfg.reduce
+            self.alignment.append({"label": label,
+                                   "overall": alignment_entry(align["overall"], r.n_boot, r.seed, r.ci_level),
+                                   "per_layer": [alignment_entry(a, r.n_boot, r.seed, r.ci_level)
+                                                 for a in align["per_layer"]]})
+
+    def sections(self) -> dict:
+        """``{"criteria": ..., "alignment": ...}`` for results.json (alignment only when computed)."""
+        from lingua_ray.criteria import CRITERIA
+
+        stability = None
+        if len(self.checkpoints) > 1:  # per criterion: the consecutive pairs' Jaccards, side by side
+            stability = {}
+            for n in self.names:
+                parts = self.jaccards[n]
+                stability[n] = {"overall": [p["overall"][0] for p in parts],
+                                "per_language": {lang: [p["per_language"][lang][0] for p in parts]
+                                                 for lang in self.languages},
+                                "per_layer": [[p["per_layer"][i][0] for p in parts]
+                                              for i in range(len(parts[0]["per_layer"]))]}
+        out = {"criteria": {"names": self.names, "settings": self.settings,
+                            "sources": {n: CRITERIA.get(n).source for n in self.names},
+                            "checkpoints": self.checkpoints, "stability": stability}}
+        if self.cfg.reduce.alignment:
+            K = len(self.languages)
+            out["alignment"] = {"knn_k": int(self.cfg.reduce.knn_k),
+                                "bridge_threshold": bridge_threshold(self.cfg.reduce, K),
+                                "checkpoints": self.alignment}
+        return out
+
+
 def run(cfg: RunConfig) -> dict:
     path = store_path(cfg)
     ActivationStore(path)  # a missing store is refused before the lease file is made
@@ -125,10 +189,12 @@ def _run(cfg: RunConfig, path: str) -> dict:
     plan = plan_for_store(path, n_boot=r.n_boot, n_perm=r.n_perm, seed=r.seed, level=r.ci_level,
                           max_task_bytes=r.max_task_bytes, perm_max_rows=r.perm_max_rows)
     entries = []
+    side = CriteriaSide(cfg, languages)
     for c, label in enumerate(store.checkpoints):
         # One checkpoint at a time: nothing of one checkpoint outlives it on the driver.
         res = checkpoint_summaries(cfg, path, plan, label, L, f"checkpoint {c + 1}/{C} {label}: layers")
         entry, arrays = checkpoint_results(cfg, res, languages)
+        side.add(store, path, label, res["sum_x"], res["sum_x2"], arrays["mask"])
         del res
         store.write_key_neurons(label, arrays, settings)
         info = store.checkpoint_info(label)
@@ -158,6 +224,7 @@ def _run(cfg: RunConfig, path: str) -> dict:
         "evolution": evolution.summarise(entries, store.read_key_mask, languages, k=cfg.reduce.edge_layers,
                                          level=cfg.reduce.ci_level),
         "identical_checkpoints": groups,
+        **side.sections(),
     }
     write_results(results, cfg.run.out_dir)
     return results
