@@ -44,6 +44,11 @@ def _difference(old, new, path: str) -> str:
     return f"{path}: {json.dumps(old, default=str)} in the store, {json.dumps(new, default=str)} in this run"
 
 
+def _f32(a: np.ndarray) -> np.ndarray:
+    """Statistics as float32 whatever their storage dtype (no copy when already float32)."""
+    return a.astype(np.float32, copy=False)
+
+
 class ActivationStore:
     """Open an existing store (``mode="r"`` or ``"r+"``)."""
 
@@ -62,30 +67,37 @@ class ActivationStore:
     # ---- creation and growth (driver only) ----
 
     @classmethod
-    def create_or_extend(cls, path: str, spec: GridSpec, unit_block: int = 16) -> "ActivationStore":
+    def create_or_extend(cls, path: str, spec: GridSpec, unit_block: int = 16,
+                         dtype: str = "float32") -> "ActivationStore":
         """Create the store, or check an existing one matches ``spec`` and grow it.
 
         Existing checkpoints/languages must match exactly (fingerprints); new ones are
-        appended along their axis. Finished data is never rewritten.
+        appended along their axis. Finished data is never rewritten. ``dtype``: storage dtype
+        of the statistics ("float32" or "float16"); an existing store must have it.
         """
+        dtype = getattr(dtype, "value", dtype)
         try:
             existing = zarr.open_group(path, mode="r", use_consolidated=False)
             has = "lingua_ray" in existing.attrs
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             has = False
         if not has:
-            return cls._create(path, spec, unit_block)
+            return cls._create(path, spec, unit_block, dtype)
         store = cls(path, mode="r+")
+        if store.dtype != dtype:
+            raise StoreError(f"store {path!r} stores its statistics as {store.dtype}, this run asks for "
+                             f"store.dtype={dtype}: keep store.dtype={store.dtype}, or use a new store path "
+                             "(nothing was changed)")
         store._check_and_grow(spec)
         return store
 
     @classmethod
-    def _create(cls, path: str, spec: GridSpec, B: int) -> "ActivationStore":
+    def _create(cls, path: str, spec: GridSpec, B: int, stat_dtype: str = "float32") -> "ActivationStore":
         C, K, S, L, F = len(spec.checkpoints), len(spec.languages), len(spec.unit_ids), spec.n_layers, spec.n_neurons
         g = zarr.open_group(path, mode="w-")
         for stat in spec.statistics:
             g.create_array(stat_array(stat), shape=(C, K, S, L, F), chunks=(1, 1, B, 1, F),
-                           shards=(1, 1, B, L, F), dtype="float32", fill_value=np.nan, dimension_names=DIMS)
+                           shards=(1, 1, B, L, F), dtype=stat_dtype, fill_value=np.nan, dimension_names=DIMS)
         for name, dtype, fill in (("n_tokens", "int32", 0), ("cell_crc32", "int64", -1)):
             g.create_array(name, shape=(C, K, S), chunks=(1, 1, B), dtype=dtype, fill_value=fill,
                            dimension_names=DIMS[:3])
@@ -106,6 +118,7 @@ class ActivationStore:
         g["unit"][:] = np.array(spec.unit_ids, dtype=object).astype(str)
         manifest = {
             "format_version": FORMAT_VERSION,
+            "dtype": stat_dtype,
             "statistics": [getattr(s, "value", s) for s in spec.statistics],
             "arrays": {s: stat_array(s) for s in spec.statistics},
             "unit_block": B,
@@ -241,6 +254,11 @@ class ActivationStore:
         return list(self.manifest["statistics"])
 
     @property
+    def dtype(self) -> str:
+        """Storage dtype of the statistics ("float32" unless the store was created float16); reads are float32."""
+        return self.manifest.get("dtype", "float32")
+
+    @property
     def unit_block(self) -> int:
         """Units per work unit (one shard per statistic, checkpoint and language)."""
         return int(self.manifest["unit_block"])
@@ -324,7 +342,7 @@ class ActivationStore:
         """float32 (K, S, F): one layer of one checkpoint — one chunk per block and language."""
         c = self._index(checkpoint, self.languages[0])[0]
         try:
-            return self.group[stat_array(stat)][c, :, :, layer, :]
+            return _f32(self.group[stat_array(stat)][c, :, :, layer, :])
         except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
             raise self._locate_damage(checkpoint, c, layer, stat, e) from e
 
@@ -347,7 +365,7 @@ class ActivationStore:
         """float32 (K, s1 - s0, F): units s0:s1 of one layer of one checkpoint."""
         c = self._index(checkpoint, self.languages[0])[0]
         try:
-            return self.group[stat_array(stat)][c, :, s0:s1, layer, :]
+            return _f32(self.group[stat_array(stat)][c, :, s0:s1, layer, :])
         except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
             raise self._locate_damage(checkpoint, c, layer, stat, e) from e
 
@@ -358,7 +376,7 @@ class ActivationStore:
     def read_cells(self, checkpoint: str, language: str, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
         """float32 (s1 - s0, L, F)."""
         c, k = self._index(checkpoint, language)
-        return self.group[stat_array(stat)][c, k, s0:s1]
+        return _f32(self.group[stat_array(stat)][c, k, s0:s1])
 
     def texts(self, language: str) -> list[str]:
         return list(self.group["text"][self._index(self.checkpoints[0], language)[1]])
@@ -391,17 +409,26 @@ class ActivationStore:
         if set(stats) != set(self.statistics):
             raise StoreError(f"block {checkpoint}/{language}/{s0}: got statistics {sorted(stats)}, "
                              f"store has {self.statistics}")
+        stored = {}
         for name in self.statistics:
             a = stats[name]
             if not np.isfinite(a).all():
                 bad = np.argwhere(~np.isfinite(a))[0]
                 raise StoreError(f"non-finite {name} at checkpoint={checkpoint} language={language} "
                                  f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]}: refusing to store it")
-            self.group[stat_array(name)][c, k, s0:s0 + n] = a.astype(np.float32, copy=False)
+            with np.errstate(over="ignore"):
+                stored[name] = a.astype(self.dtype, copy=False)  # the checksum covers what is stored
+            if not np.isfinite(stored[name]).all():
+                bad = np.argwhere(~np.isfinite(stored[name]))[0]
+                raise StoreError(f"{name} at checkpoint={checkpoint} language={language} "
+                                 f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]} exceeds {self.dtype}'s range "
+                                 f"(|value| {float(np.abs(a).max()):.3g}): record this model with store.dtype=float32")
+        for name in self.statistics:
+            self.group[stat_array(name)][c, k, s0:s0 + n] = stored[name]
         self.group["n_tokens"][c, k, s0:s0 + n] = n_tokens.astype(np.int32)
         if "shard_bytes" in self.group:
             self.group["shard_bytes"][c, k, s0 // B] = self._shard_bytes(c, k, s0 // B)
-        crcs = np.array([cell_checksum([stats[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
+        crcs = np.array([cell_checksum([stored[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
         self.group["cell_crc32"][c, k, s0:s0 + n] = crcs
 
     # ---- reducer outputs (driver only) ----
@@ -478,6 +505,6 @@ class ActivationStore:
         """float32 (K, S, f1 - f0): neurons f0:f1 of one layer, all units (decoded one chunk at a time)."""
         c = self._index(checkpoint, self.languages[0])[0]
         try:
-            return self.group[stat_array(stat)][c, :, :, layer, f0:f1]
+            return _f32(self.group[stat_array(stat)][c, :, :, layer, f0:f1])
         except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
             raise self._locate_damage(checkpoint, c, layer, stat, e) from e

@@ -166,3 +166,21 @@ def test_store_with_a_language_the_config_does_not_name_is_refused_before_work(t
     store = ActivationStore(store_path(cfg))
     assert (sorted(store.languages), store.done().tolist()) == (before[0], before[1].tolist())  # nothing changed
     pipeline.preflight(cfg, {pipeline.Stage.reduce})  # the config naming all of them is fine
+
+
+def test_float16_store_records_and_reduces_close_to_float32(tiny_dirs, tmp_path):
+    """store.dtype=float16 end to end: the store holds float16, reduce reads float32, the scores
+    move by float16 rounding only, and the store refuses a float32 run afterwards."""
+    res = {}
+    for dtype in ("float32", "float16"):
+        cfg = make_cfg(tiny_dirs, tmp_path / dtype)
+        cfg.store.dtype = dtype
+        record.run(cfg)
+        res[dtype] = reduce.run(cfg)
+        assert ActivationStore(store_path(cfg)).group["activations"].dtype == np.dtype(dtype)
+    for m in ("lrds", "sads"):
+        a, b = (res[d]["checkpoints"][0]["overall"][m]["value"] for d in ("float32", "float16"))
+        assert a != b and abs(a - b) < 1e-3 * max(abs(a), 1e-3), (m, a, b)
+    refused = make_cfg(tiny_dirs, tmp_path / "float16")  # default float32 on the float16 store
+    with pytest.raises(StoreError, match="stores its statistics as float16"):
+        record.run(refused)

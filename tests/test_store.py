@@ -273,3 +273,40 @@ def test_criterion_masks_beside_key_mask(tmp_path):
         st.write_criterion_mask("a", "lape", masks["a"][:, :2], {})
     fill(st)
     np.testing.assert_array_equal(st.read_layer_features("b", 2, 1, 3), st.read_layer("b", 2)[:, :, 1:3])
+
+
+# ---------------------------------------------------------------- compact storage dtype (float16)
+
+
+def test_float16_store_reads_float32_of_the_rounded_values_and_verifies(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "h.zarr"), spec(), unit_block=2, dtype="float16")
+    assert st.dtype == "float16" and st.group["activations"].dtype == np.float16
+    fill(st)
+    stats, _ = fake("final", "fr", 2, 4)
+    got = st.read_cells("final", "fr", 2, 4, "mean")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, stats["mean"].astype(np.float16).astype(np.float32))
+    assert not np.array_equal(got, stats["mean"])  # it really is rounded
+    for read in (st.read_layer("final", 1), st.read_layer_block("final", 1, 0, 2),
+                 st.read_layer_features("final", 1, 0, 2)):
+        assert read.dtype == np.float32
+    assert all(st.verify_block(*b) for b in [("final", lang, s0, s1) for lang in ("en", "fr") for s0, s1 in st.blocks()])
+    assert not list(st.missing_blocks(verify=True))
+
+
+def test_store_keeps_its_dtype(tmp_path):
+    path = str(tmp_path / "h.zarr")
+    ActivationStore.create_or_extend(path, spec(), unit_block=2, dtype="float16")
+    with pytest.raises(StoreError, match=r"stores its statistics as float16.*store.dtype=float32.*keep store.dtype=float16"):
+        ActivationStore.create_or_extend(path, spec(), unit_block=2, dtype="float32")
+    assert ActivationStore.create_or_extend(str(tmp_path / "f.zarr"), spec(), unit_block=2).dtype == "float32"
+
+
+def test_float16_overflow_is_refused_naming_the_cell(tmp_path):
+    st = ActivationStore.create_or_extend(str(tmp_path / "h.zarr"), spec(), unit_block=2, dtype="float16")
+    stats, ntok = fake("final", "en", 0, 2)
+    stats["last"][1, 2, 0] = 1e6
+    with pytest.raises(StoreError, match=r"last at checkpoint=final language=en unit=u1 layer=2 exceeds float16's "
+                                         r"range.*store.dtype=float32"):
+        st.write_block("final", "en", 0, stats, ntok)
+    assert not st.done()[0, 0, :2].any()  # nothing marked done

@@ -77,7 +77,7 @@ def run(cfg: RunConfig, asynchronous: bool | None = None) -> RecordResult:
 
 
 def _run(cfg: RunConfig, path: str, spec: GridSpec, asynchronous: bool | None = None) -> RecordResult:
-    store = ActivationStore.create_or_extend(path, spec, cfg.store.unit_block)
+    store = ActivationStore.create_or_extend(path, spec, cfg.store.unit_block, cfg.store.dtype)
     missing = list(store.missing_blocks(verify=cfg.store.verify_on_resume))
     for block in missing:  # a damaged block is re-recorded from scratch: its old markers go first
         store.invalidate_block(*block)
