@@ -4,9 +4,6 @@ planted-structure recovery through the stage; ablation per criterion with its ma
 
 from __future__ import annotations
 
-import json
-import random
-
 import numpy as np
 import pytest
 
@@ -22,7 +19,7 @@ from lingua_ray.results import load_results
 from lingua_ray.stages import reduce
 from lingua_ray.stages.inputs import store_path
 from lingua_ray.store import ActivationStore
-from tiny import tiny_model, tiny_tokenizer
+from tiny_run import save_tiny, write_corpus
 
 LANGS = ["en", "fr", "id"]
 ALL = ["zscore", "lape", "average_precision", "lna"]
@@ -32,20 +29,9 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_criteria")
-    tok = tiny_tokenizer()
     for seed in (0, 1):
-        m = tiny_model("llama", seed=seed)
-        m.save_pretrained(root / f"m{seed}", safe_serialization=True)
-        tok.save_pretrained(root / f"m{seed}")
-    rng = random.Random(0)
-    words = {lang: [f"{lang}{w}" for w in ("sun", "sea", "tree", "rock", "wind", "fire", "hill", "moon")]
-             for lang in LANGS}
-    lines = []
-    for i in range(14):
-        pick = rng.sample(range(8), 4)
-        lines.append(json.dumps({"uid": f"u{i:02d}", **{lang: " ".join(words[lang][j] for j in pick)
-                                                         for lang in LANGS}}))
-    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+        save_tiny(root / f"m{seed}", seed)
+    write_corpus(root / "corpus.jsonl", 14, LANGS)
     return root
 
 
