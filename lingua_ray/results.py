@@ -33,7 +33,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from lingua_ray import atomic
 from lingua_ray.results_checks import (ResultsError, check_against_grid, fail, normalize_results, plain_value,
                                        results_error)
-from lingua_ray.results_csv import ABLATION_CSV_FILES, CSV_FILES, csv_tables
+from lingua_ray.results_csv import ABLATION_CSV_FILES, CSV_FILES, OPTIONAL_CSV_FILES, csv_tables
 from lingua_ray.results_criteria import (Alignment, AlignmentCheckpoint, AlignmentScope, CriteriaBase,
                                          CriteriaCheckpoint, CriterionCounts, CriterionOverlap, CriterionStability,
                                          MetricCI, check_alignment, check_criteria)
@@ -43,7 +43,7 @@ from lingua_ray.results_types import (COS_DIFF, NATS, Cosine, Count, Finite, Non
                                       _doc_optional, _Model)
 
 __all__ = [
-    "SCHEMA_VERSION", "RESULTS_FILE", "CSV_FILES", "ABLATION_CSV_FILES", "ResultsError", "normalize_results",
+    "SCHEMA_VERSION", "RESULTS_FILE", "CSV_FILES", "ABLATION_CSV_FILES", "OPTIONAL_CSV_FILES", "ResultsError", "normalize_results",
     "validate_results", "write_results", "load_results", "csv_tables", "Results", "ResultsRunInfo", "Grid",
     "CheckpointRef", "Settings", "Stat", "ScorePair", "PerLayer", "KeyNeurons", "CheckpointResults",
     "AblationRow", "Specificity", "AblationCheckpoint", "Ablation", "Evolution", "EdgeShare", "ShareStat",
@@ -341,8 +341,9 @@ def write_results(d: Any, out_dir: str | os.PathLike) -> Path:
     """Validate ``d`` (a dict or a Results) and write ``out_dir/results.json`` plus the CSV tables.
 
     Returns the JSON path. Every file is written atomically; results.json last, so its
-    presence means the set is complete. Ablation CSVs left in ``out_dir`` by an earlier run are
-    removed when ``d`` has no ablation, so the folder never mixes two runs. Non-finite floats
+    presence means the set is complete. Optional CSVs (ablation, criteria, alignment) left in
+    ``out_dir`` by an earlier run are removed when ``d`` lacks their section, so the folder never
+    mixes two runs. Non-finite floats
     (allowed only in nullable fields) are stored as null. Keys keep the order of ``d``.
     """
     _validate(d)
@@ -352,7 +353,7 @@ def write_results(d: Any, out_dir: str | os.PathLike) -> Path:
     tables = csv_tables(plain)
     for name, text in tables.items():
         atomic.write_text(out / name, text)
-    for name in ABLATION_CSV_FILES:
+    for name in OPTIONAL_CSV_FILES:
         if name not in tables and (out / name).exists():
             (out / name).unlink()
     path = out / RESULTS_FILE

@@ -14,6 +14,12 @@ from lingua_ray.specificity import SPECIFICITY_FIELDS
 
 CSV_FILES = ("scores_overall.csv", "scores_per_layer.csv", "key_neuron_counts.csv")
 ABLATION_CSV_FILES = ("ablation_ppl.csv", "ablation_specificity.csv")
+CRITERIA_CSV_FILES = ("criteria_counts.csv", "criteria_overlap.csv")
+CRITERIA_ABLATION_CSV_FILES = ("criteria_specificity.csv",)
+ALIGNMENT_CSV_FILES = ("alignment.csv",)
+# Written only when their section is in the results; write_results deletes stale ones.
+OPTIONAL_CSV_FILES = ABLATION_CSV_FILES + CRITERIA_CSV_FILES + CRITERIA_ABLATION_CSV_FILES + ALIGNMENT_CSV_FILES
+ALIGNMENT_METRICS = ("retrieval", "mexa", "bridge", "reach", "ilo", "cka")
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:
@@ -27,7 +33,9 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
 def csv_tables(d: dict) -> dict[str, str]:
     """The CSV tables of a validated, normalised results dict: file name -> text (nulls empty).
 
-    Always the three CSV_FILES; the two ABLATION_CSV_FILES too when ``d["ablation"]`` is not None.
+    Always the three CSV_FILES; the two ABLATION_CSV_FILES too when ``d["ablation"]`` is not None,
+    CRITERIA_CSV_FILES with ``d["criteria"]`` (CRITERIA_ABLATION_CSV_FILES once it holds ablations)
+    and ALIGNMENT_CSV_FILES with ``d["alignment"]``.
     """
     overall, layers, counts = [], [], []
     for cp in d["checkpoints"]:
@@ -63,4 +71,48 @@ def csv_tables(d: dict) -> dict[str, str]:
         out["ablation_ppl.csv"] = _csv(["checkpoint", "mask", "language", "repeat", "n_neurons", "eval_language",
                                         "ppl", "log_ppl_ratio"], ppl)
         out["ablation_specificity.csv"] = _csv(["checkpoint", "language"] + fields, spec)
+    if d.get("criteria") is not None:
+        out.update(_criteria_tables(d["criteria"]))
+    if d.get("alignment") is not None:
+        out.update(_alignment_tables(d["alignment"]))
     return out
+
+
+def _criteria_tables(cr: dict) -> dict[str, str]:
+    """criteria_counts.csv, criteria_overlap.csv and (after ablate) criteria_specificity.csv."""
+    names = cr["names"]
+    counts, overlap = [], []
+    for cp in cr["checkpoints"]:
+        lab = cp["label"]
+        for name in names:
+            for lang, per_layer in cp["criteria"][name]["counts"].items():
+                counts += [[lab, name, lang, i, c] for i, c in enumerate(per_layer)]
+        ov = cp["overlap"]
+        scopes = [("overall", "", ov["overall"])]
+        scopes += [("language", lang, M) for lang, M in ov["per_language"].items()]
+        scopes += [("layer", i, M) for i, M in enumerate(ov["per_layer"])]
+        for scope, where, M in scopes:
+            overlap += [[lab, scope, where, a, b, M[i][j]] for i, a in enumerate(names)
+                        for j, b in enumerate(names) if i < j]
+    out = {"criteria_counts.csv": _csv(["checkpoint", "criterion", "language", "layer", "count"], counts),
+           "criteria_overlap.csv": _csv(["checkpoint", "scope", "where", "criterion_a", "criterion_b", "jaccard"],
+                                        overlap)}
+    if cr.get("ablation"):
+        fields = list(SPECIFICITY_FIELDS)
+        spec = [[cp["label"], name, lang] + [s[k] for k in fields]
+                for name, ab in cr["ablation"].items() for cp in ab["checkpoints"]
+                for lang, s in cp["specificity"].items()]
+        out["criteria_specificity.csv"] = _csv(["checkpoint", "criterion", "language"] + fields, spec)
+    return out
+
+
+def _alignment_tables(al: dict) -> dict[str, str]:
+    """alignment.csv: checkpoint × scope (overall, then each layer) × metric, value and interval."""
+    rows = []
+    for cp in al["checkpoints"]:
+        for layer, scope in [("", cp["overall"])] + list(enumerate(cp["per_layer"])):
+            for m in ALIGNMENT_METRICS:
+                st = scope[m]
+                lo, hi = st["ci"] if st["ci"] is not None else (None, None)
+                rows.append([cp["label"], "overall" if layer == "" else "layer", layer, m, st["value"], lo, hi])
+    return {"alignment.csv": _csv(["checkpoint", "scope", "layer", "metric", "value", "ci_lo", "ci_hi"], rows)}

@@ -1,4 +1,5 @@
-"""The activation store: a Zarr v3 group, the only module that knows Zarr.
+"""The activation store: a Zarr v3 group. With store_masks.py (its per-neuron arrays), the only
+module that knows Zarr.
 
 Layout (docs/store.md):
     activations[_last|_pos_frac|_act_pos_frac]  float32 (checkpoint, language, unit, layer, neuron)
@@ -29,10 +30,9 @@ import numpy as np
 import zarr
 
 from lingua_ray.config import StoreConfig  # noqa: F401  (re-exported: the store's config slice)
-CHECKPOINT_COORDS = "checkpoint_step checkpoint_revision"  # CF-style: coordinates on the checkpoint dim
-
-from lingua_ray.store_spec import (DIMS, FORMAT_VERSION, CheckpointInfo, GridSpec, StoreError,  # noqa: F401
-                                   cell_checksum, stat_array, text_fingerprint)
+from lingua_ray.store_masks import NeuronMasks
+from lingua_ray.store_spec import (CHECKPOINT_COORDS, DIMS, FORMAT_VERSION, CheckpointInfo, GridSpec,  # noqa: F401
+                                   StoreError, cell_checksum, stat_array, text_fingerprint)
 
 
 def _difference(old, new, path: str) -> str:
@@ -49,7 +49,7 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
-class ActivationStore:
+class ActivationStore(NeuronMasks):
     """Open an existing store (``mode="r"`` or ``"r+"``)."""
 
     def __init__(self, path: str, mode: str = "r"):
@@ -432,74 +432,6 @@ class ActivationStore:
         self.group["cell_crc32"][c, k, s0:s0 + n] = crcs
 
     # ---- reducer outputs (driver only) ----
-
-    KEY_ARRAYS = {"score": ("key_score", "float32", np.nan), "z": ("key_z", "float32", np.nan),
-                  "mask": ("key_mask", "bool", False)}
-
-    def write_key_neurons(self, checkpoint: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
-        """Write key-neuron score / z / mask, each (K, L, F), for one checkpoint.
-
-        Stored as key_score, key_z, key_mask with dimensions (checkpoint, language, layer, neuron);
-        ``settings`` (tau, mode, statistic) go into each array's attributes.
-        """
-        C, K, _, L, F = self.shape
-        c = self._index(checkpoint, self.languages[0])[0]
-        for name, value in arrays.items():
-            arr_name, dtype, fill = self.KEY_ARRAYS[name]
-            if value.shape != (K, L, F):
-                raise StoreError(f"key-neuron {name} for {checkpoint!r} has shape {value.shape}, want {(K, L, F)}")
-            if arr_name not in self.group:
-                self.group.create_array(arr_name, shape=(C, K, L, F), chunks=(1, 1, 1, F), dtype=dtype,
-                                        fill_value=fill, dimension_names=("checkpoint", "language", "layer", "neuron"))
-                self.group[arr_name].attrs["coordinates"] = CHECKPOINT_COORDS
-            a = self.group[arr_name]
-            if a.shape != (C, K, L, F):
-                a.resize((C, K, L, F))
-            a[c] = value.astype(dtype)
-            a.attrs["settings"] = settings
-
-    def read_key_mask(self, checkpoint: str) -> np.ndarray:
-        """bool (K, L, F) key-neuron mask of one checkpoint (written by the reduce stage)."""
-        if "key_mask" not in self.group:
-            raise StoreError(f"store {self.path!r} has no key_mask: run the reduce stage first")
-        return self.group["key_mask"][self._index(checkpoint, self.languages[0])[0]]
-
-    # ---- criterion masks (reduce stage; docs/criteria.md) ----
-
-    def write_criterion_mask(self, checkpoint: str, name: str, mask: np.ndarray, settings: dict,
-                             info: dict | None = None) -> None:
-        """Write criterion ``name``'s bool (K, L, F) mask of one checkpoint as ``mask_<name>``
-        (dims checkpoint, language, layer, neuron) beside key_mask; ``settings`` go into its attrs
-        (those of the run that wrote it), ``info`` (thresholds, λ) into attrs["info"][checkpoint]."""
-        C, K, _, L, F = self.shape
-        if np.shape(mask) != (K, L, F) or np.asarray(mask).dtype != np.bool_:
-            raise StoreError(f"criterion {name!r} mask for {checkpoint!r} must be bool {(K, L, F)}, "
-                             f"got {np.asarray(mask).dtype} {np.shape(mask)}")
-        c = self._index(checkpoint, self.languages[0])[0]
-        arr_name = f"mask_{name}"
-        if arr_name not in self.group:
-            self.group.create_array(arr_name, shape=(C, K, L, F), chunks=(1, 1, 1, F), dtype="bool",
-                                    fill_value=False, dimension_names=("checkpoint", "language", "layer", "neuron"))
-            self.group[arr_name].attrs["coordinates"] = CHECKPOINT_COORDS
-        a = self.group[arr_name]
-        if a.shape != (C, K, L, F):
-            a.resize((C, K, L, F))
-        a[c] = mask
-        infos = dict(a.attrs.get("info", {}))
-        infos[checkpoint] = json.loads(json.dumps(info or {}, default=float))
-        a.attrs.update({"settings": settings, "criterion": name, "info": infos})
-
-    def criterion_settings(self, name: str) -> dict | None:
-        """The settings ``mask_<name>`` was written with, or None when the store has no such mask."""
-        arr_name = f"mask_{name}"
-        return dict(self.group[arr_name].attrs["settings"]) if arr_name in self.group else None
-
-    def read_criterion_mask(self, checkpoint: str, name: str) -> np.ndarray:
-        """bool (K, L, F) mask of criterion ``name`` for one checkpoint (reduce stage)."""
-        if f"mask_{name}" not in self.group:
-            raise StoreError(f"store {self.path!r} has no mask_{name}: add {name} to reduce.criteria and run "
-                             "the reduce stage")
-        return self.group[f"mask_{name}"][self._index(checkpoint, self.languages[0])[0]]
 
     def read_layer_features(self, checkpoint: str, layer: int, f0: int, f1: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, S, f1 - f0): neurons f0:f1 of one layer, all units (decoded one chunk at a time)."""

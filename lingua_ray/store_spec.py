@@ -1,5 +1,5 @@
 """What a store holds, independent of Zarr: the grid a run asks for, fingerprints, checksums,
-array names. store.py (the only module that knows Zarr) re-exports all of it."""
+array names. store.py (with store_masks.py, the only modules that know Zarr) re-exports all of it."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def stat_array(stat: str) -> str:
     return "activations" if name == "mean" else f"activations_{name}"
 
 DIMS = ("checkpoint", "language", "unit", "layer", "neuron")
+NEURON_DIMS = ("checkpoint", "language", "layer", "neuron")  # key-neuron and criterion masks
+CHECKPOINT_COORDS = "checkpoint_step checkpoint_revision"  # CF-style: coordinates on the checkpoint dim
 
 
 class StoreError(ValueError):

@@ -4,6 +4,8 @@ planted-structure recovery through the stage; ablation per criterion with its ma
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from lingua_ray.config import (AblationConfig, CaptureConfig, CheckpointConfig, 
 from lingua_ray.criteria_settings import AveragePrecisionSettings, LapeSettings, LnaSettings
 from lingua_ray.reduce_criteria import _width, criterion_settings, layer_criteria, overall_alignment
 from lingua_ray.results import load_results
+from lingua_ray.results_csv import ALIGNMENT_METRICS
 from lingua_ray.stages import reduce
 from lingua_ray.stages.inputs import store_path
 from lingua_ray.store import ActivationStore
@@ -24,6 +27,11 @@ from tiny_run import save_tiny, write_corpus
 LANGS = ["en", "fr", "id"]
 ALL = ["zscore", "lape", "average_precision", "lna"]
 pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +131,35 @@ def test_alignment_per_layer_and_overall_equal_the_in_memory_path(reduced):
             assert got[name]["value"] == pytest.approx(v, abs=1e-9), (ck, name)
         assert got["retrieval"]["ci"][0] <= got["retrieval"]["value"] <= got["retrieval"]["ci"][1]
         assert got["cka"]["ci"] is None
+    # alignment.csv: one row per checkpoint × scope (overall + L layers) × metric, the JSON's values
+    rows = _read_csv(out / "alignment.csv")
+    assert len(rows) == len(store.checkpoints) * (L + 1) * len(ALIGNMENT_METRICS)
+    for r in rows:
+        cp = next(x for x in al["checkpoints"] if x["label"] == r["checkpoint"])
+        scope = cp["overall"] if r["scope"] == "overall" else cp["per_layer"][int(r["layer"])]
+        want = scope[r["metric"]]["value"]
+        assert (r["value"] == "" and want is None) or float(r["value"]) == want
+
+
+def test_criteria_csv_tables_hold_the_json_counts_and_overlaps(reduced):
+    _, out = reduced
+    crit = load_results(out)["criteria"]
+    names, L = crit["names"], len(crit["checkpoints"][0]["overlap"]["per_layer"])
+    counts = _read_csv(out / "criteria_counts.csv")
+    assert len(counts) == len(crit["checkpoints"]) * len(names) * len(LANGS) * L
+    for r in counts:
+        cp = next(x for x in crit["checkpoints"] if x["label"] == r["checkpoint"])
+        assert int(r["count"]) == cp["criteria"][r["criterion"]]["counts"][r["language"]][int(r["layer"])]
+    overlap = _read_csv(out / "criteria_overlap.csv")
+    pairs = len(names) * (len(names) - 1) // 2
+    assert len(overlap) == len(crit["checkpoints"]) * pairs * (1 + len(LANGS) + L)
+    for r in overlap:
+        cp = next(x for x in crit["checkpoints"] if x["label"] == r["checkpoint"])
+        ov = cp["overlap"]
+        M = {"overall": lambda: ov["overall"], "language": lambda: ov["per_language"][r["where"]],
+             "layer": lambda: ov["per_layer"][int(r["where"])]}[r["scope"]]()
+        want = M[names.index(r["criterion_a"])][names.index(r["criterion_b"])]
+        assert (r["jaccard"] == "" and want is None) or float(r["jaccard"]) == want
 
 
 def test_a_small_task_budget_reads_in_slices_and_gives_the_same_results(reduced):
@@ -193,6 +230,13 @@ def test_ablation_per_criterion_with_matched_controls_and_resume(reduced, tiny_d
                     k = LANGS.index(spec.language)
                     np.testing.assert_array_equal(spec.mask.sum(1), mask[k].sum(1))
             assert cp["specificity"] == summarise_ablation(cp["rows"], LANGS, LANGS)
+    spec, saved = _read_csv(out / "criteria_specificity.csv"), load_results(out)["criteria"]["ablation"]
+    assert len(spec) == sum(len(cp["specificity"]) for name in ALL for cp in ab[name]["checkpoints"])
+    for r in spec:  # the saved JSON's values (NaN written as null: an empty cell)
+        cp = next(x for x in saved[r["criterion"]]["checkpoints"] if x["label"] == r["checkpoint"])
+        want = cp["specificity"][r["language"]]
+        for k, v in want.items():
+            assert (r[k] == "" and v is None) or float(r[k]) == pytest.approx(v), (r["criterion"], k)
     capsys.readouterr()
     pipeline.run(run, ["ablate"])
     assert "[ablate] 0 of" in capsys.readouterr().out  # resume: nothing re-evaluated

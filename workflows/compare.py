@@ -11,9 +11,9 @@ Errors print as one line and exit 1; LINGUA_RAY_DEBUG=1 shows the traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from lingua_ray.entry import one_line_errors
 from lingua_ray.report_compare import write_comparison
 
 
@@ -24,13 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", default=None, help="comma-separated run names, one per RESULTS (default: run.name)")
     a = ap.parse_args(argv)
     names = None if a.names is None else [n.strip() for n in a.names.split(",")]
-    try:
-        path = write_comparison(a.results, a.out, names)
-    except Exception as e:  # noqa: BLE001 - the entry point's one-line report
-        if os.environ.get("LINGUA_RAY_DEBUG"):
-            raise
-        print(f"compare: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+    path = one_line_errors(lambda: write_comparison(a.results, a.out, names), prefix="compare", hint=False)
     print(path)
     return 0
 

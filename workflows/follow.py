@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from lingua_ray.config import register_configs
+from lingua_ray.entry import one_line_errors
 from lingua_ray.follow import register_follow_schema, split_config, tick
 
 register_configs()
@@ -24,16 +25,11 @@ register_follow_schema()  # after register_configs: conf/config.yaml's run_schem
 
 @hydra.main(version_base=None, config_path="../conf", config_name="follow")
 def main(cfg) -> None:
-    try:
+    def follow_once() -> int:
         follow, run_cfg = split_config(cfg)
-        code = tick(run_cfg, follow, list(HydraConfig.get().overrides.task), address=os.environ.get("RAY_ADDRESS"))
-    except Exception as e:  # noqa: BLE001 - the entry point's one-line report
-        if os.environ.get("LINGUA_RAY_DEBUG"):
-            raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        print("(LINGUA_RAY_DEBUG=1 shows the traceback)", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code)
+        return tick(run_cfg, follow, list(HydraConfig.get().overrides.task), address=os.environ.get("RAY_ADDRESS"))
+
+    sys.exit(one_line_errors(follow_once))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""The recorder's remaining knobs, side by side (issue 11): torch threads, and torch.compile.
+
+    python bench/bench_compile_threads.py [--units 17] [--rounds 3]
+
+Same units and statistic as bench_peers.py (Gemma-3-270M float32, UDHR en/zh/ar, the mean of every
+layer's down-projection input), one process, round-robin, medians:
+  eager/<n>t      lingua_ray's `capture_texts` (default config) with n torch threads
+  compile/<n>t    the same with every decoder layer compiled by inductor (`layer.compile(dynamic=True)`,
+                  the capture hooks inside), n threads; first-call compile time reported apart
+It prints tokens/s, the ratio to eager at the machine's thread count, the share of the fp32 matmul rate
+measured in the same run, and the max deviation from eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import CLOCKS, body_flops, env_line, matmul_rate, real_model, spaced, udhr_texts  # noqa: E402
+
+from lingua_ray.capture import capture_texts  # noqa: E402
+from lingua_ray.config import CaptureConfig  # noqa: E402
+from lingua_ray.models.adapters import get_adapter  # noqa: E402
+
+
+def compiled_copy(model):
+    """A deep copy of ``model`` whose decoder layers are compiled (dynamic shapes: packed rows vary)."""
+    m = copy.deepcopy(model)
+    for layer in get_adapter(m).body_module(m).layers:
+        layer.compile(dynamic=True)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--units", type=int, default=17, help="units per language, evenly spaced (default 17)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="threads only")
+    a = ap.parse_args()
+    n_cpu = os.cpu_count() or 1
+    threads = sorted({1, n_cpu})
+    languages = ["en", "zh", "ar"]
+    model, tok = real_model("cpu")
+    texts = [t for ts in udhr_texts(languages).values() for t in spaced(ts, a.units)]
+    lengths = [len(x) for x in tok(texts)["input_ids"]]
+    flops = body_flops(model, lengths)
+    cfg = CaptureConfig()
+    models = {"eager": model}
+    print(env_line("cpu"))
+    print(f"Gemma-3-270M float32, UDHR {languages}: {len(texts)} units, {sum(lengths)} tokens; "
+          f"body {flops / sum(lengths) / 1e6:.0f} MFLOP/token", flush=True)
+    if not a.no_compile:
+        try:
+            t0 = time.perf_counter()
+            cm = compiled_copy(model)
+            capture_texts(cm, tok, texts, cfg)  # first call: traces and compiles every shape seen
+            print(f"compile: first pass over the units (tracing + inductor) {time.perf_counter() - t0:.1f}s")
+            models["compile"] = cm
+        except Exception as e:  # noqa: BLE001 - a bench reports what failed and goes on
+            print(f"compile: failed, skipped ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    ways = {f"{m}/{n}t": (m, n) for m in models for n in threads}
+    with torch.inference_mode():
+        for m in models.values():
+            capture_texts(m, tok, texts[:2], cfg)  # warm-up
+        got: dict[str, np.ndarray] = {}
+        times = {k: {c: [] for c in CLOCKS} for k in ways}
+        rates = {c: [] for c in CLOCKS}
+        for r in range(a.rounds):
+            for name, (m, n) in ways.items():
+                torch.set_num_threads(n)
+                t0 = {c: f() for c, f in CLOCKS.items()}
+                got[name] = capture_texts(models[m], tok, texts, cfg).stats["mean"]
+                for c, f in CLOCKS.items():
+                    times[name][c].append(f() - t0[c])
+            torch.set_num_threads(n_cpu)
+            for c in CLOCKS:
+                rates[c].append(matmul_rate(device="cpu", clock=c))
+            print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {times[k]['wall'][-1]:.1f}s" for k in ways),
+                  flush=True)
+    base = f"eager/{n_cpu}t"
+    ref = got[base]
+    scale = np.abs(ref).max(axis=(1, 2))
+    dev = {k: float((np.abs(v - ref).max(axis=(1, 2)) / scale).max()) for k, v in got.items()}
+    n_tok = sum(lengths)
+    for c in CLOCKS:
+        rate = statistics.median(rates[c])
+        med = {k: statistics.median(v[c]) for k, v in times.items()}
+        print(f"\n[{c} time] fp32 matmul rate at {n_cpu} threads {rate / 1e9:.1f} GFLOP/s (median of {len(rates[c])})")
+        print(f"  {'way':14s} {'tokens/s':>9s} {'x ' + base:>12s} {'matmul share':>12s} {'max dev':>8s}  rounds (s)")
+        for k in ways:
+            print(f"  {k:14s} {n_tok / med[k]:9.0f} {med[base] / med[k]:11.2f}x {flops / med[k] / rate:11.0%} "
+                  f"{dev[k]:8.1e}  {', '.join(f'{t:.1f}' for t in times[k][c])}")
+
+
+if __name__ == "__main__":
+    main()
