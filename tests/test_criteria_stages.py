@@ -13,8 +13,7 @@ from lingua_ray import criteria as cr
 from lingua_ray import pipeline
 from lingua_ray.ablation import plan_masks, summarise_ablation
 from lingua_ray.alignment import AlignmentSettings, alignment_from_vectors
-from lingua_ray.config import (AblationConfig, CaptureConfig, CheckpointConfig, ClusterConfig, CorpusConfig,
-                               ModelConfig, ReduceConfig, RunConfig, RunInfo, SplitConfig, StoreConfig, validate)
+from lingua_ray.config import AblationConfig, ReduceConfig, RunConfig, validate
 from lingua_ray.criteria_settings import AveragePrecisionSettings, LapeSettings, LnaSettings
 from lingua_ray.reduce_criteria import _width, criterion_settings, layer_criteria, overall_alignment
 from lingua_ray.results import load_results
@@ -22,7 +21,7 @@ from lingua_ray.results_csv import ALIGNMENT_METRICS
 from lingua_ray.stages import reduce
 from lingua_ray.stages.inputs import store_path
 from lingua_ray.store import ActivationStore
-from tiny_run import save_tiny, write_corpus
+from tiny_run import save_tiny, tiny_config, write_corpus
 
 LANGS = ["en", "fr", "id"]
 ALL = ["zscore", "lape", "average_precision", "lna"]
@@ -44,22 +43,13 @@ def tiny_dirs(tmp_path_factory):
 
 
 def make_cfg(root, out, checkpoints=("m0", "m1"), ablate=("zscore",), max_task_bytes=1 << 30) -> RunConfig:
-    cfg = RunConfig(
-        run=RunInfo(name="t", out_dir=str(out)),
-        model=ModelConfig(name="tiny", source="local", hf_id=str(root / "m0"), gguf_package=None,
-                          checkpoints=[CheckpointConfig(label=c, path=str(root / c), step=i)
-                                       for i, c in enumerate(checkpoints)]),
-        corpus=CorpusConfig(source="jsonl", path=str(root / "corpus.jsonl"), languages=LANGS),
-        split=SplitConfig(heldout_units=4, seed=0),
-        capture=CaptureConfig(token_budget=256, max_tokens=64, statistics=["mean", "act_pos_frac"]),
-        store=StoreConfig(unit_block=4),
-        cluster=ClusterConfig(num_actors=1, cpus_per_actor=1, num_cpus=2),
+    cfg = tiny_config(
+        root, out, checkpoints, ["mean", "act_pos_frac"], num_actors=1,
         # L·F = 2·24 = 48 neurons: rates that keep a few of them
         reduce=ReduceConfig(tau=1.0, n_boot=30, n_perm=20, criteria=list(ALL), lape=LapeSettings(top_rate=0.1),
                             lna=LnaSettings(top_rate=0.1), average_precision=AveragePrecisionSettings(n_top=4),
                             max_task_bytes=max_task_bytes),
-        ablation=AblationConfig(n_random=1, criteria=list(ablate)),
-    )
+        ablation=AblationConfig(n_random=1, criteria=list(ablate)))
     return validate(cfg)
 
 

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from lingua_ray.config import (AblationConfig, CaptureConfig, CheckpointConfig, ClusterConfig, CorpusConfig,
-                               ModelConfig, ReduceConfig, RunConfig, RunInfo, SplitConfig, StoreConfig)
+from lingua_ray.config import AblationConfig, ReduceConfig, RunConfig
 from lingua_ray import pipeline
 from lingua_ray.stages import record, reduce
 from lingua_ray.stages.inputs import corpora, store_path
 from lingua_ray.store import ActivationStore, StoreError
 from lingua_ray.worker import ModelWorker
-from tiny_run import save_tiny, write_corpus
+from tiny_run import save_tiny, tiny_config, write_corpus
 
 LANGS = ["en", "fr", "id"]
 
@@ -32,19 +31,8 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def make_cfg(root, out, checkpoints=("m0",), unit_block=4, stats=("mean", "pos_frac")) -> RunConfig:
-    return RunConfig(
-        run=RunInfo(name="t", out_dir=str(out)),
-        model=ModelConfig(name="tiny", source="local", hf_id=str(root / "m0"), gguf_package=None,
-                          checkpoints=[CheckpointConfig(label=c, path=str(root / c), step=i)
-                                       for i, c in enumerate(checkpoints)]),
-        corpus=CorpusConfig(source="jsonl", path=str(root / "corpus.jsonl"), languages=LANGS),
-        split=SplitConfig(heldout_units=4, seed=0),
-        capture=CaptureConfig(token_budget=256, max_tokens=64, statistics=list(stats)),
-        store=StoreConfig(unit_block=unit_block),
-        cluster=ClusterConfig(num_actors=2, cpus_per_actor=1, num_cpus=2),
-        reduce=ReduceConfig(tau=1.0, n_boot=50, n_perm=50),
-        ablation=AblationConfig(n_random=2),
-    )
+    return tiny_config(root, out, checkpoints, stats, unit_block, reduce=ReduceConfig(tau=1.0, n_boot=50, n_perm=50),
+                       ablation=AblationConfig(n_random=2))
 
 
 def test_record_resume_equals_uninterrupted(tiny_dirs, tmp_path):

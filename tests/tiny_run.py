@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+from lingua_ray.config import (CaptureConfig, CheckpointConfig, ClusterConfig, CorpusConfig, ModelConfig, RunConfig,
+                               RunInfo, SplitConfig, StoreConfig)
 from lingua_ray.models.tiny import tiny_model, tiny_tokenizer
 
 LANGS = ["en", "fr", "id"]
@@ -32,6 +34,25 @@ def write_corpus(path: Path, n: int = 14, languages: list[str] | None = None) ->
         lines.append(json.dumps({"uid": f"u{i:02d}", **texts}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def tiny_config(root: Path, out: Path, checkpoints=("m0",), statistics=("mean",), unit_block: int = 4,
+                num_actors: int = 2, **sections) -> RunConfig:
+    """The RunConfig of a tiny in-process run over ``root`` (save_tiny's m0, m1, … and write_corpus's
+    corpus.jsonl): checkpoint i is ``root/<label>`` at step i, 4 held-out units, budget 256 tokens,
+    64 tokens per unit, one CPU per actor. ``sections`` (reduce=, ablation=, …) replace whole slices."""
+    return RunConfig(
+        run=RunInfo(name="t", out_dir=str(out)),
+        model=ModelConfig(name="tiny", source="local", hf_id=str(root / checkpoints[0]), gguf_package=None,
+                          checkpoints=[CheckpointConfig(label=c, path=str(root / c), step=i)
+                                       for i, c in enumerate(checkpoints)]),
+        corpus=CorpusConfig(source="jsonl", path=str(root / "corpus.jsonl"), languages=list(LANGS)),
+        split=SplitConfig(heldout_units=4, seed=0),
+        capture=CaptureConfig(token_budget=256, max_tokens=64, statistics=list(statistics)),
+        store=StoreConfig(unit_block=unit_block),
+        cluster=ClusterConfig(num_actors=num_actors, cpus_per_actor=1, num_cpus=2),
+        **sections,
+    )
 
 
 def tiny_overrides(corpus: Path) -> list[str]:
