@@ -402,33 +402,36 @@ class ActivationStore(NeuronMasks):
         block, so this writer owns the shards it touches. Idempotent: rewriting gives the same bytes.
         """
         c, k = self._index(checkpoint, language)
-        B, S = self.manifest["unit_block"], len(self.unit_ids)
+        # The manifest lives in the group's attributes: read it once per block, not once per cell.
+        manifest = self.manifest
+        B, S = manifest["unit_block"], len(self.unit_ids)
+        names, dtype = list(manifest["statistics"]), manifest.get("dtype", "float32")
         n = len(n_tokens)
         if s0 % B or (s0 + n != min(s0 + B, S)):
             raise StoreError(f"write of units [{s0}, {s0 + n}) is not one whole block of {B} (shard safety)")
-        if set(stats) != set(self.statistics):
+        if set(stats) != set(names):
             raise StoreError(f"block {checkpoint}/{language}/{s0}: got statistics {sorted(stats)}, "
-                             f"store has {self.statistics}")
+                             f"store has {names}")
         stored = {}
-        for name in self.statistics:
+        for name in names:
             a = stats[name]
             if not np.isfinite(a).all():
                 bad = np.argwhere(~np.isfinite(a))[0]
                 raise StoreError(f"non-finite {name} at checkpoint={checkpoint} language={language} "
                                  f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]}: refusing to store it")
             with np.errstate(over="ignore"):
-                stored[name] = a.astype(self.dtype, copy=False)  # the checksum covers what is stored
+                stored[name] = a.astype(dtype, copy=False)  # the checksum covers what is stored
             if not np.isfinite(stored[name]).all():
                 bad = np.argwhere(~np.isfinite(stored[name]))[0]
                 raise StoreError(f"{name} at checkpoint={checkpoint} language={language} "
-                                 f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]} exceeds {self.dtype}'s range "
+                                 f"unit={self.unit_ids[s0 + bad[0]]} layer={bad[1]} exceeds {dtype}'s range "
                                  f"(|value| {float(np.abs(a).max()):.3g}): record this model with store.dtype=float32")
-        for name in self.statistics:
+        for name in names:
             self.group[stat_array(name)][c, k, s0:s0 + n] = stored[name]
         self.group["n_tokens"][c, k, s0:s0 + n] = n_tokens.astype(np.int32)
         if "shard_bytes" in self.group:
             self.group["shard_bytes"][c, k, s0 // B] = self._shard_bytes(c, k, s0 // B)
-        crcs = np.array([cell_checksum([stored[s][i] for s in self.statistics]) for i in range(n)], dtype=np.int64)
+        crcs = np.array([cell_checksum([stored[s][i] for s in names]) for i in range(n)], dtype=np.int64)
         self.group["cell_crc32"][c, k, s0:s0 + n] = crcs
 
     # ---- reducer outputs (driver only) ----
