@@ -8,7 +8,10 @@ layer's down-projection input), one process, round-robin, medians:
   compile/<n>t    the same with each decoder layer's hook-free parts (attention, norms, the FFN's
                   activation) compiled by inductor, n threads; first-call compile time reported apart
 It prints tokens/s, the ratio to eager at the machine's thread count, the share of the fp32 matmul rate
-measured in the same run, and the max deviation from eager.
+measured in the same run, and the max deviation from eager. Then the same for the ablation path
+(``evaluate_mask``, one evaluation per language of the default run's 8 held-out units under a 1% random
+mask, as the ablate stage runs them) eager vs compiled at the machine's thread count, with the max
+relative perplexity difference.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import CLOCKS, body_flops, env_line, matmul_rate, real_model, spaced, udhr_texts  # noqa: E402
 
+from lingua_ray.ablation import evaluate_mask, expected_mask_shape  # noqa: E402
 from lingua_ray.capture import capture_texts  # noqa: E402
 from lingua_ray.config import CaptureConfig  # noqa: E402
 from lingua_ray.models.adapters import get_adapter  # noqa: E402
@@ -109,6 +113,36 @@ def main() -> None:
         for k in ways:
             print(f"  {k:14s} {n_tok / med[k]:9.0f} {med[base] / med[k]:11.2f}x {flops / med[k] / rate:11.0%} "
                   f"{dev[k]:8.1e}  {', '.join(f'{t:.1f}' for t in times[k][c])}")
+    if "compile" in models:
+        torch.set_num_threads(n_cpu)
+        ablation_table(models, tok, languages, a.rounds)
+
+
+def ablation_table(models: dict, tok, languages: list[str], rounds: int) -> None:
+    """evaluate_mask eager vs compiled, round-robin, at the machine's thread count."""
+    held = udhr_texts(languages, heldout=True)
+    mask = np.random.default_rng(0).random(expected_mask_shape(models["eager"])) < 0.01
+    n_tok = sum(len(x) for t in held.values() for x in tok(t)["input_ids"])
+    ppl: dict[str, dict[str, float]] = {}
+
+    def run(m):
+        return {lang: evaluate_mask(m, tok, mask, {lang: held[lang]}, 4096, 512)[lang] for lang in languages}
+
+    with torch.inference_mode():
+        for k, m in models.items():  # warm-up: every shape compiled once
+            ppl[k] = run(m)
+        times = {k: [] for k in models}
+        for _ in range(rounds):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                ppl[k] = run(m)
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n[ablation, wall time] {len(languages)} evaluations ({n_tok} tokens) per round, 1% random mask")
+    for k in models:
+        rel = max(abs(ppl[k][lang] / ppl["eager"][lang] - 1) for lang in languages)
+        print(f"  {k:8s} {n_tok / med[k]:8.1f} tokens/s {med['eager'] / med[k]:6.2f}x eager  max rel ppl diff "
+              f"{rel:.1e}  rounds (s) {', '.join(f'{t:.1f}' for t in times[k])}")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,9 @@ class ModelConfig:
     source: hub (HF id, may be in the local HF cache), local (a folder), or gguf
         (an offline PyPI package named in ``gguf_package``).
     dtype: auto = float32 on CPU and bfloat16 on GPU.
+    compile: torch.compile each decoder layer's hook-free parts (attention, norms, FFN activation)
+        in the recorder and the ablation; eager again, with a warning, where the compiler fails
+        (lingua_ray/models/compiled.py). Changes numbers only by float rounding, so no key holds it.
     The HF token is read from the environment (HF_TOKEN) by huggingface_hub, never from config.
     """
 
@@ -145,6 +148,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     use_safetensors: bool = True
     cache_dir: str = "~/.cache/lingua_ray/models"
+    compile: bool = False
 
 
 @dataclass

@@ -159,6 +159,7 @@ class ModelWorker:
         self.device_map = "auto" if gpus > 1 else None
         self.label: str | None = None
         self.model = self.tokenizer = None
+        self._compiled: list = []  # the model's compiled parts (model.compile); emptied by a fallback
         self._writer = BlockWriter(self._write_block)
         self._prefetch: threading.Thread | None = None
         self.prefetched: dict[str, int] = {}  # label -> bytes read ahead
@@ -177,6 +178,11 @@ class ModelWorker:
         self.model = None  # free the previous replica before loading the next
         self.model, self.tokenizer = load_checkpoint(self.model_cfg, self.checkpoints[label], self.device,
                                                      self.device_map)
+        self._compiled = []
+        if self.model_cfg.compile:
+            from lingua_ray.models.compiled import compile_hook_free
+
+            self._compiled = compile_hook_free(self.model)
         self.label = label
         i = self.order.index(label)
         if i + 1 < len(self.order):
@@ -226,7 +232,8 @@ class ModelWorker:
         if self.device == "cuda":
             capture_cfg = dataclasses.replace(
                 capture_cfg, token_budget=device_token_budget(self.model, capture_cfg.token_budget))
-        got = capture_texts(self.model, self.tokenizer, texts, capture_cfg, labels)
+        got = self._call(lambda: capture_texts(self.model, self.tokenizer, texts, capture_cfg, labels),
+                         f"recording checkpoint={checkpoint} language={language}")
         t_capture = time.perf_counter() - t0
         self._writer.put({"store_path": store_path, "checkpoint": checkpoint, "language": language, "s0": s0,
                           "stats": got.stats, "n_tokens": got.n_tokens,
@@ -256,5 +263,14 @@ class ModelWorker:
         budget = ablation_cfg.token_budget
         if self.device == "cuda":
             budget = device_token_budget(self.model, budget)
-        return evaluate_mask(self.model, self.tokenizer, mask, {eval_language: texts}, budget,
-                             ablation_cfg.max_tokens)[eval_language]
+        return self._call(lambda: evaluate_mask(self.model, self.tokenizer, mask, {eval_language: texts}, budget,
+                                                ablation_cfg.max_tokens)[eval_language],
+                          f"evaluating checkpoint={checkpoint} language={eval_language}")
+
+    def _call(self, fn, what: str):
+        """``fn()``, falling back to eager if the compiled model's compiler fails (model.compile)."""
+        if not self._compiled:
+            return fn()
+        from lingua_ray.models.compiled import with_fallback
+
+        return with_fallback(self._compiled, fn, what)
