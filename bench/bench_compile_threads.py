@@ -1,6 +1,7 @@
 """The recorder's remaining knobs, side by side (issue 11): torch threads, and torch.compile.
 
-    python bench/bench_compile_threads.py [--units 17] [--rounds 3]
+    python bench/bench_compile_threads.py [--units 17] [--rounds 3] [--no-compile]
+    python bench/bench_compile_threads.py --pinning [--rounds 3]     # OpenMP thread pinning on/off
 
 Same units and statistic as bench_peers.py (Gemma-3-270M float32, UDHR en/zh/ar, the mean of every
 layer's down-projection input), one process, round-robin, medians:
@@ -12,6 +13,10 @@ measured in the same run, and the max deviation from eager. Then the same for th
 (``evaluate_mask``, one evaluation per language of the default run's 8 held-out units under a 1% random
 mask, as the ablate stage runs them) eager vs compiled at the machine's thread count, with the max
 relative perplexity difference.
+
+--pinning: OpenMP reads its binding once, at start-up, so it cannot change inside one process. This
+runs the eager recorder in child processes, alternately unpinned and pinned (OMP_PROC_BIND=close,
+OMP_PLACES=cores), ``--rounds`` times each, and prints the medians side by side.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -53,12 +60,34 @@ def compiled_copy(model):
     return m
 
 
+def pinning(rounds: int, units: int) -> None:
+    """Eager tokens/s at the machine's thread count, unpinned vs pinned, child processes alternating."""
+    n_cpu = os.cpu_count() or 1
+    envs = {"unpinned": {}, "pinned": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}}
+    got: dict[str, list[float]] = {k: [] for k in envs}
+    print(env_line("cpu"), flush=True)
+    for r in range(rounds):
+        for k, extra in envs.items():
+            env = {key: v for key, v in os.environ.items() if key not in ("OMP_PROC_BIND", "OMP_PLACES")} | extra
+            out = subprocess.run([sys.executable, __file__, "--no-compile", "--rounds", "1", "--units", str(units)],
+                                 env=env, capture_output=True, text=True, check=True).stdout
+            line = next(x for x in out.splitlines() if x.strip().startswith(f"eager/{n_cpu}t"))
+            got[k].append(float(re.split(r"\s+", line.strip())[1]))
+            print(f"round {r + 1}/{rounds}: {k} {got[k][-1]:.0f} tokens/s", flush=True)
+    for k, v in got.items():
+        print(f"  {k:9s} eager/{n_cpu}t median {statistics.median(v):6.0f} tokens/s "
+              f"({statistics.median(v) / statistics.median(got['unpinned']):.2f}x unpinned)  rounds {v}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", type=int, default=17, help="units per language, evenly spaced (default 17)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="threads only")
+    ap.add_argument("--pinning", action="store_true", help="OpenMP pinning on/off in child processes")
     a = ap.parse_args()
+    if a.pinning:
+        return pinning(a.rounds, a.units)
     n_cpu = os.cpu_count() or 1
     threads = sorted({1, n_cpu})
     languages = ["en", "zh", "ar"]
