@@ -2,6 +2,7 @@
 
     python bench/bench_compile_threads.py [--units 17] [--rounds 3] [--no-compile]
     python bench/bench_compile_threads.py --pinning [--rounds 3]     # OpenMP thread pinning on/off
+    python bench/bench_compile_threads.py --profile                  # where the recorder's time goes
 
 Same units and statistic as bench_peers.py (Gemma-3-270M float32, UDHR en/zh/ar, the mean of every
 layer's down-projection input), one process, round-robin, medians:
@@ -79,13 +80,53 @@ def pinning(rounds: int, units: int) -> None:
               f"({statistics.median(v) / statistics.median(got['unpinned']):.2f}x unpinned)  rounds {v}")
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def profile(units: int) -> None:
+    """One eager recorder pass under torch.profiler: the share of self CPU time in matmul kernels,
+    attention and the rest, and the matmul kernels' own FLOP rate against the square-matmul rate."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model, tok = real_model("cpu")
+    texts = [t for ts in udhr_texts(["en", "zh", "ar"]).values() for t in spaced(ts, units)]
+    cfg = CaptureConfig()
+    print(env_line("cpu"), flush=True)
+    with torch.inference_mode():
+        capture_texts(model, tok, texts, cfg)  # warm-up
+        rate = matmul_rate(device="cpu")
+        with torch_profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            t0 = time.perf_counter()
+            capture_texts(model, tok, texts, cfg)
+            wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = [e for e in events if e.key in MATMUL_OPS]
+    mm_time = sum(e.self_cpu_time_total for e in mm)
+    mm_flops = sum(e.flops for e in mm)
+    attn = sum(e.self_cpu_time_total for e in events if "attention" in e.key or "softmax" in e.key)
+    print(f"one pass {wall:.2f}s wall; self CPU time {total / 1e6:.2f}s over all threads' ops")
+    print(f"  matmul kernels {', '.join(MATMUL_OPS)}: {mm_time / total:.0%} of self CPU time, "
+          f"{mm_flops / 1e9:.0f} GFLOP at {mm_flops / (mm_time / 1e6) / 1e9:.1f} GFLOP/s "
+          f"= {mm_flops / (mm_time / 1e6) / rate:.0%} of the square 2048^3 rate ({rate / 1e9:.1f} GFLOP/s)")
+    print(f"  attention + softmax: {attn / total:.0%}; everything else: {(total - mm_time - attn) / total:.0%}")
+    print("  top ops by self CPU time:")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+        print(f"    {e.key:40s} {e.self_cpu_time_total / 1e3:9.1f} ms  {e.self_cpu_time_total / total:5.1%}  "
+              f"calls {e.count}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", type=int, default=17, help="units per language, evenly spaced (default 17)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="threads only")
     ap.add_argument("--pinning", action="store_true", help="OpenMP pinning on/off in child processes")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler over one recorder pass")
     a = ap.parse_args()
+    if a.profile:
+        return profile(a.units)
     if a.pinning:
         return pinning(a.rounds, a.units)
     n_cpu = os.cpu_count() or 1

@@ -47,10 +47,17 @@ def specificity_by_criterion(d: dict, label: str) -> list[dict]:
 
         diffs = [r["specificity"] - r["random_specificity_mean"] for r in sp
                  if r["specificity"] is not None and r["random_specificity_mean"] is not None]
+        # A criterion that zeroes more neurons does more damage; per 1,000 neurons of each language's set
+        # the criteria compare at equal cost (languages with an empty set left out).
+        sizes = {r["mask"][len("key:"):]: r["n_neurons"] for r in cp["rows"] if r["mask"].startswith("key:")}
+        per_k = [1000 * (r["specificity"] - r["random_specificity_mean"]) / sizes[lang]
+                 for lang, r in cp["specificity"].items()
+                 if sizes.get(lang) and r["specificity"] is not None and r["random_specificity_mean"] is not None]
         out.append({"criterion": name, "specificity": mean("specificity"),
                     "random_specificity": mean("random_specificity_mean"),
                     "beyond_random": sum(diffs) / len(diffs) if diffs else None,
-                    "n_neurons": sum(r["n_neurons"] for r in cp["rows"] if r["mask"].startswith("key:")),
+                    "beyond_random_per_1k": sum(per_k) / len(per_k) if per_k else None,
+                    "n_neurons": sum(sizes.values()),
                     "per_language": cp["specificity"]})
     return out
 
@@ -122,11 +129,18 @@ def criteria_section(d: dict) -> str:
                       f'{esc(labels[-1])}: <b>{esc(best["criterion"])}</b>, whose sets raise their own language\'s '
                       f'log PPL {fmt(best["beyond_random"], 3)} nats more (relative to the other languages) than '
                       "random sets of the same per-layer sizes, averaged over languages.</p>")
+            dense = [s for s in spec if s["beyond_random_per_1k"] is not None]
+            top = max(dense, key=lambda s: s["beyond_random_per_1k"]) if dense else None
+            if top is not None:
+                answer += (f'<p class="answer" id="most-specific-per-neuron">Per neuron zeroed: '
+                           f'<b>{esc(top["criterion"])}</b>, {fmt(top["beyond_random_per_1k"], 3)} nats beyond random '
+                           "per 1,000 neurons of a language's set (sets differ in size by criterion, and a larger "
+                           "set does more damage).</p>")
             rows = ([esc(s["criterion"]), str(s["n_neurons"]), fmt(s["specificity"]), fmt(s["random_specificity"]),
-                     fmt(s["beyond_random"])] for s in spec)
+                     fmt(s["beyond_random"]), fmt(s["beyond_random_per_1k"], 3)] for s in spec)
             parts.append("<h3>Ablation specificity against the matched random control</h3>" + answer + table(
                 ["criterion", "neurons zeroed (Σ languages)", "specificity", "random specificity",
-                 "specificity − random"], rows, "num criteria-specificity"))
+                 "specificity − random", "per 1,000 neurons"], rows, "num criteria-specificity"))
             langs = d["grid"]["languages"]
             detail = table(["criterion"] + [esc(lang) for lang in langs], (
                 [esc(s["criterion"])] + [fmt_sd(s["per_language"][lang]["specificity"], None) + " vs "

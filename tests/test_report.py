@@ -15,6 +15,7 @@ from browser import dump_dom, screenshot
 from lingua_ray import report_evolution
 from lingua_ray.report import fmt, fmt_ci, fmt_p, fmt_sd, render_report, select_checkpoints, write_report
 from lingua_ray.report_common import FigureError, check_figure, figure, mark_signed, zero_line
+from lingua_ray.report_criteria import specificity_by_criterion
 from lingua_ray.results import ResultsError, normalize_results
 from results_fixtures import make_results
 
@@ -474,6 +475,15 @@ def _check_criteria_section(d: dict, dom: "Page") -> None:
     assert [r[0] for r in spec[1:]] == names  # every ablated criterion, against its own control
     answer = sec.find_all("p", id="most-specific-criterion")
     assert len(answer) == 1 and "average_precision" in answer[0].text
+    got = {r[0]: r for r in spec[1:]}
+    for s in specificity_by_criterion(d, last["label"]):  # per 1,000 neurons: a naive recomputation
+        cp = next(c for c in d["criteria"]["ablation"][s["criterion"]]["checkpoints"] if c["label"] == last["label"])
+        sizes = {r["language"]: r["n_neurons"] for r in cp["rows"] if r["mask"].startswith("key:")}
+        vals = [1000 * (v["specificity"] - v["random_specificity_mean"]) / sizes[lang]
+                for lang, v in cp["specificity"].items() if sizes[lang]]
+        assert got[s["criterion"]][-1] == fmt(sum(vals) / len(vals), 3)
+    per_neuron = sec.find_all("p", id="most-specific-per-neuron")
+    assert len(per_neuron) == 1 and max(spec[1:], key=lambda r: float(r[-1]))[0] in per_neuron[0].text
     align = _rows(sec, "alignment-per-layer")
     assert align[0][:4] == ["layer", "LRDS", "SADS", "retrieval"]
     cp, al = d["checkpoints"][-1], d["alignment"]["checkpoints"][-1]
