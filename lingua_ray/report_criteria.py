@@ -13,7 +13,7 @@ import numpy as np
 
 from lingua_ray.report_common import colors, details, esc, figure, figure_html, fmt, fmt_ci, fmt_sd, note, table, tex
 
-__all__ = ["criteria_section", "specificity_by_criterion"]
+__all__ = ["criteria_markdown", "criteria_section", "specificity_by_criterion"]
 
 
 def _fig_counts(cp: dict, names: list[str], L: int):
@@ -158,3 +158,52 @@ def criteria_section(d: dict) -> str:
                                  open_=i == len(al["checkpoints"]) - 1))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                      + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def criteria_markdown(d: dict) -> str:
+    """The section's numbers as Markdown tables, for the last checkpoint (workflows/criteria_table.py):
+    set sizes per language, the pairwise Jaccard, ablation specificity against each criterion's
+    random control (with `per 1,000 neurons` of a language's set), and alignment per layer beside
+    LRDS and SADS. Parts whose section is absent are left out; '' with neither section."""
+    cr, al = d.get("criteria"), d.get("alignment")
+    langs, out = d["grid"]["languages"], []
+    label = d["checkpoints"][-1]["label"]
+
+    def num(v, nd=3):
+        return "—" if v is None else f"{v:.{nd}f}"
+
+    if cr is not None:
+        names, cp = cr["names"], cr["checkpoints"][-1]
+        out.append(f"Set sizes on {label} (neurons):\n\n" + _md(
+            ["criterion", "total (Σ languages)", "distinct neurons"] + langs,
+            [[n, f"{sum(cp['criteria'][n]['total'].values()):,}", f"{cp['criteria'][n]['n_neurons']:,}"]
+             + [f"{cp['criteria'][n]['total'][lang]:,}" for lang in langs] for n in names]))
+        out.append("Jaccard overlap (all languages and layers):\n\n" + _md(
+            [""] + names, [[n] + [num(v) for v in row] for n, row in zip(names, cp["overlap"]["overall"])]))
+        spec = specificity_by_criterion(d, label)
+        if spec:
+            out.append("Ablation specificity (nats of log-PPL ratio, mean over languages):\n\n" + _md(
+                ["criterion", "neurons zeroed", "specificity", "random control", "beyond random",
+                 "per 1,000 neurons"],
+                [[s["criterion"], f"{s['n_neurons']:,}", num(s["specificity"]), num(s["random_specificity"]),
+                  num(s["beyond_random"]), num(s["beyond_random_per_1k"])] for s in spec]))
+    if al is not None:
+        a, c = al["checkpoints"][-1], d["checkpoints"][-1]
+
+        def ci(m):
+            return "" if m["ci"] is None else f" [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]"
+
+        scopes = [(str(k), sc, c["per_layer"]["lrds"][k]["value"], c["per_layer"]["sads"][k]["value"])
+                  for k, sc in enumerate(a["per_layer"])]
+        scopes.append(("all", a["overall"], c["overall"]["lrds"]["value"], c["overall"]["sads"]["value"]))
+        out.append(f"Alignment per layer (k = {al['knn_k']}, t = {al['bridge_threshold']}):\n\n" + _md(
+            ["layer", "LRDS", "SADS", "retrieval", "MEXA", "bridge", "reach", "ILO", "CKA"],
+            [[k, num(lr), num(sa, 4), num(sc["retrieval"]["value"]) + ci(sc["retrieval"]),
+              num(sc["mexa"]["value"]) + ci(sc["mexa"]), num(sc["bridge"]["value"]), num(sc["reach"]["value"]),
+              num(sc["ilo"]["value"]) + ci(sc["ilo"]), num(sc["cka"]["value"])] for k, sc, lr, sa in scopes]))
+    return "\n\n".join(out)

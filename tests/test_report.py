@@ -15,8 +15,8 @@ from browser import dump_dom, screenshot
 from lingua_ray import report_evolution
 from lingua_ray.report import fmt, fmt_ci, fmt_p, fmt_sd, render_report, select_checkpoints, write_report
 from lingua_ray.report_common import FigureError, check_figure, figure, mark_signed, zero_line
-from lingua_ray.report_criteria import specificity_by_criterion
-from lingua_ray.results import ResultsError, normalize_results
+from lingua_ray.report_criteria import criteria_markdown, specificity_by_criterion
+from lingua_ray.results import ResultsError, normalize_results, write_results
 from results_fixtures import make_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -497,6 +497,35 @@ def _check_criteria_section(d: dict, dom: "Page") -> None:
 def test_criteria_section_numbers_are_the_results(with_criteria):
     d, text = with_criteria
     _check_criteria_section(d, Page(text))
+
+
+def test_criteria_table_prints_the_section_numbers(with_criteria, tmp_path):
+    """workflows/criteria_table.py: the same numbers as Markdown, from the written results.json."""
+    import subprocess
+    import sys
+
+    d, _ = with_criteria
+    write_results(d, tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    ok = subprocess.run([sys.executable, "workflows/criteria_table.py", str(tmp_path)], cwd=root, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == criteria_markdown(normalize_results(d, nan_to_null=True)).strip()
+    last = d["criteria"]["checkpoints"][-1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in ok.stdout.split("Jaccard")[0].splitlines() if line.startswith("| ") and "---" not in line}
+    for n in d["criteria"]["names"]:  # set sizes: total and per language, as in results.json
+        assert rows[n][0] == f"{sum(last['criteria'][n]['total'].values()):,}"
+        assert rows[n][2:] == [f"{last['criteria'][n]['total'][lang]:,}" for lang in d["grid"]["languages"]]
+    for s in specificity_by_criterion(d, last["label"]):
+        assert f"| {s['criterion']} | {s['n_neurons']:,} | {s['specificity']:.3f} |" in ok.stdout
+    n_layers = d["grid"]["n_layers"]
+    assert ok.stdout.split("Alignment per layer")[1].count("\n| ") == 1 + n_layers + 1  # head, layers, all
+    bad = subprocess.run([sys.executable, "workflows/criteria_table.py", str(tmp_path / "missing")], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith("criteria_table: ResultsError")
 
 
 def test_no_criteria_section_without_criteria(with_ablation):
