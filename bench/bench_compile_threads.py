@@ -40,24 +40,13 @@ from benchlib import CLOCKS, body_flops, env_line, matmul_rate, real_model, spac
 from lingua_ray.ablation import evaluate_mask, expected_mask_shape  # noqa: E402
 from lingua_ray.capture import capture_texts  # noqa: E402
 from lingua_ray.config import CaptureConfig  # noqa: E402
-from lingua_ray.models.adapters import get_adapter  # noqa: E402
+from lingua_ray.models.compiled import compile_hook_free  # noqa: E402
 
 
 def compiled_copy(model):
-    """A deep copy of ``model`` with every hook-free part of each decoder layer compiled by inductor
-    (dynamic shapes: packed rows vary): attention, the norms and the FFN activation function.
-
-    Compiling a whole layer traces the capture hooks into the graph; their Python side effects
-    (the call counters, the per-layer outputs) are then not replayed, which `Reader`'s fired check
-    refuses ("read hooks ... never ran"). So the FFN's projections, where the hooks sit, stay eager.
-    """
+    """A deep copy of ``model`` compiled as ``model.compile=true`` compiles it (lingua_ray/models/compiled.py)."""
     m = copy.deepcopy(model)
-    for layer in get_adapter(m).body_module(m).layers:
-        for name, child in layer.named_children():
-            if name != "mlp":
-                child.compile(dynamic=True)
-        if hasattr(layer, "mlp") and hasattr(layer.mlp, "act_fn"):
-            layer.mlp.act_fn.compile(dynamic=True)
+    compile_hook_free(m)
     return m
 
 

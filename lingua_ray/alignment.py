@@ -27,6 +27,7 @@ class AlignmentSettings:
 
 
 DEFAULT_MAX_BYTES = 64 << 20
+METRICS = ("retrieval", "mexa", "bridge", "reach", "ilo", "cka")  # the summaries, in results.json order
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class AlignmentScores:
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "knn_k": self.knn_k, "bridge_threshold": self.bridge_threshold,
                 **{k: np.asarray(getattr(self, k)).tolist()
-                   for k in ("retrieval", "mexa", "bridge", "reach", "ilo", "cka")}}
+                   for k in METRICS}}
 
 
 def _off_diagonal_nan(M: np.ndarray) -> np.ndarray:
@@ -332,5 +333,5 @@ def bootstrap_alignment(scores: AlignmentScores, n_boot: int = 1000, seed: int =
     return out
 
 
-__all__ = ["AlignmentScores", "AlignmentSettings", "DEFAULT_MAX_BYTES", "alignment_from_gram",
+__all__ = ["AlignmentScores", "AlignmentSettings", "DEFAULT_MAX_BYTES", "METRICS", "alignment_from_gram",
            "alignment_from_vectors", "alignment_per_layer", "bootstrap_alignment", "harmonic_mean"]

@@ -10,6 +10,7 @@ import csv
 import io
 from typing import Any
 
+from lingua_ray.alignment import METRICS as ALIGNMENT_METRICS
 from lingua_ray.specificity import SPECIFICITY_FIELDS
 
 CSV_FILES = ("scores_overall.csv", "scores_per_layer.csv", "key_neuron_counts.csv")
@@ -19,7 +20,6 @@ CRITERIA_ABLATION_CSV_FILES = ("criteria_specificity.csv",)
 ALIGNMENT_CSV_FILES = ("alignment.csv",)
 # Written only when their section is in the results; write_results deletes stale ones.
 OPTIONAL_CSV_FILES = ABLATION_CSV_FILES + CRITERIA_CSV_FILES + CRITERIA_ABLATION_CSV_FILES + ALIGNMENT_CSV_FILES
-ALIGNMENT_METRICS = ("retrieval", "mexa", "bridge", "reach", "ilo", "cka")
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:

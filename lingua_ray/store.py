@@ -268,6 +268,10 @@ class ActivationStore(NeuronMasks):
         m = self.manifest
         return (len(m["checkpoints"]), len(m["languages"]), len(self.unit_ids), m["n_layers"], m["n_neurons"])
 
+    def _checkpoint_index(self, checkpoint: str) -> int:
+        """The checkpoint's position on the checkpoint dimension (unknown labels: StoreError)."""
+        return self._index(checkpoint, self.languages[0])[0]
+
     def _index(self, checkpoint: str, language: str) -> tuple[int, int]:
         if self._index_cache is None:
             m = self.manifest
@@ -297,7 +301,7 @@ class ActivationStore(NeuronMasks):
         done = self.done()
         sizes = self.group["shard_bytes"][:] if "shard_bytes" in self.group else None
         for ck in self.checkpoints:
-            c = self._index(ck, self.languages[0])[0]
+            c = self._checkpoint_index(ck)
             for k, lang in enumerate(self.languages):
                 for b, (s0, s1) in enumerate(self.blocks()):
                     ok = bool(done[c, k, s0:s1].all())
@@ -340,7 +344,7 @@ class ActivationStore(NeuronMasks):
 
     def read_layer(self, checkpoint: str, layer: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, S, F): one layer of one checkpoint — one chunk per block and language."""
-        c = self._index(checkpoint, self.languages[0])[0]
+        c = self._checkpoint_index(checkpoint)
         try:
             return _f32(self.group[stat_array(stat)][c, :, :, layer, :])
         except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
@@ -363,7 +367,7 @@ class ActivationStore(NeuronMasks):
 
     def read_layer_block(self, checkpoint: str, layer: int, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, s1 - s0, F): units s0:s1 of one layer of one checkpoint."""
-        c = self._index(checkpoint, self.languages[0])[0]
+        c = self._checkpoint_index(checkpoint)
         try:
             return _f32(self.group[stat_array(stat)][c, :, s0:s1, layer, :])
         except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals
@@ -371,7 +375,7 @@ class ActivationStore(NeuronMasks):
 
     def n_tokens(self, checkpoint: str) -> np.ndarray:
         """int32 (K, S): own tokens each cell averaged over."""
-        return self.group["n_tokens"][self._index(checkpoint, self.languages[0])[0]]
+        return self.group["n_tokens"][self._checkpoint_index(checkpoint)]
 
     def read_cells(self, checkpoint: str, language: str, s0: int, s1: int, stat: str = "mean") -> np.ndarray:
         """float32 (s1 - s0, L, F)."""
@@ -438,7 +442,7 @@ class ActivationStore(NeuronMasks):
 
     def read_layer_features(self, checkpoint: str, layer: int, f0: int, f1: int, stat: str = "mean") -> np.ndarray:
         """float32 (K, S, f1 - f0): neurons f0:f1 of one layer, all units (decoded one chunk at a time)."""
-        c = self._index(checkpoint, self.languages[0])[0]
+        c = self._checkpoint_index(checkpoint)
         try:
             return _f32(self.group[stat_array(stat)][c, :, :, layer, f0:f1])
         except Exception as e:  # noqa: BLE001 - name the damaged cell and file, not zarr's internals

@@ -32,9 +32,6 @@ class NeuronMasks:
             a.resize((C, K, L, F))
         return a
 
-    def _checkpoint_index(self, checkpoint: str) -> int:
-        return self._index(checkpoint, self.languages[0])[0]
-
     def write_key_neurons(self, checkpoint: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
         """Write key-neuron score / z / mask, each (K, L, F), for one checkpoint.
 
