@@ -32,10 +32,13 @@ T = TypeVar("T")
 
 def compile_hook_free(model: nn.Module, backend="inductor") -> list[nn.Module]:
     """Compile (in place) every hook-free part of every decoder layer; returns the compiled modules."""
+    adapter = get_adapter(model)
+    hooked = {id(m) for m in adapter.down_projections(model)}
     parts: list[nn.Module] = []
-    for layer in get_adapter(model).body_module(model).layers:
+    for layer in adapter.body_module(model).layers:
         for name, child in layer.named_children():
-            if name != "mlp":
+            # the FFN holds the capture point; any other child that did would be left eager too
+            if name != "mlp" and not any(id(m) in hooked for m in child.modules()):
                 parts.append(child)
         act = getattr(getattr(layer, "mlp", None), "act_fn", None)
         if isinstance(act, nn.Module):
