@@ -143,7 +143,7 @@ def checkpoint_criteria(cfg: RunConfig, path: str, checkpoint: str, sum_x: np.nd
     if needs or align is not None:
         calls = [(path, checkpoint, layer, needs, budget, align, stat) for layer in range(L)]
         progress = schedule.Progress(L, f"criteria/alignment {checkpoint}: layers", every=10.0)
-        for layer, out in schedule.map_tasks_as_completed(layer_criteria, calls, cfg.cluster):
+        for layer, out in schedule.map_tasks_in_order(layer_criteria, calls, cfg.cluster):
             for n in needs:
                 arrays[n][:, layer] = out[n]
             if align is not None:  # a copy: Ray's zero-copy views would pin the whole result

@@ -161,19 +161,22 @@ def map_tasks(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> list:
         _raise_cause(e, refs)
 
 
-def map_tasks_as_completed(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> Iterator[tuple[int, Any]]:
-    """``(index, fn(*calls[index]))`` as each parallel task finishes; each result's reference is
-    dropped once yielded, so the driver never holds more than one result it has not consumed."""
+def map_tasks_in_order(fn: Callable, calls: Sequence[tuple], cfg: ClusterConfig) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(*calls[index]))`` in call order; all tasks run in parallel from the start.
+
+    In order, not as each finishes: the driver adds the results up in floating point, and an order
+    that depended on which task finished first would make the same run's numbers differ in their
+    last bits from one run to the next. Each result's reference is dropped once yielded, so the
+    driver never holds more than one result it has not consumed (finished ones wait in the object
+    store, as they would for any consumer)."""
     task = ray.remote(num_cpus=cfg.reducer_cpus, max_retries=cfg.max_task_retries)(fn)
-    pending = {task.remote(*args): i for i, args in enumerate(calls)}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        i = pending.pop(done[0])
+    refs = [task.remote(*args) for args in calls]
+    for i in range(len(refs)):
         try:
-            value = ray.get(done[0])
+            value = ray.get(refs[i])
         except ray.exceptions.RayTaskError as e:
-            _raise_cause(e, list(pending))
-        del done
+            _raise_cause(e, [r for r in refs[i + 1:] if r is not None])
+        refs[i] = None
         yield i, value
 
 

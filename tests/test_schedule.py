@@ -93,3 +93,16 @@ def test_gpu_request_on_cpu_cluster_fails_fast_naming_the_resource():
         with schedule.actor_pool(FakeWorker, (), 1, ClusterConfig(gpus_per_actor=1.0)):
             pass
     assert time.perf_counter() - t0 < 10
+
+
+def _sleep_then(i: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return i
+
+
+def test_map_tasks_in_order_yields_in_call_order_when_later_tasks_finish_first():
+    """The reduce stage adds per-layer results in floating point as they are yielded: in completion
+    order a re-run's numbers could differ in their last bits. Task 0 here finishes last."""
+    calls = [(0, 1.5), (1, 0.0), (2, 0.0)]
+    got = list(schedule.map_tasks_in_order(_sleep_then, calls, ClusterConfig(num_cpus=2)))
+    assert got == [(0, 0), (1, 1), (2, 2)]

@@ -2,7 +2,7 @@
 
 Flow: refuse an incomplete store → per checkpoint, two passes of parallel tasks (one layer each,
 lingua_ray/reduce.py: squared norms, then (S, S)/(K, K) summaries read in unit blocks under
-reduce.max_task_bytes) added up as they finish → LRDS/SADS with intervals and p-values, key
+reduce.max_task_bytes) added up in layer order → LRDS/SADS with intervals and p-values, key
 neurons → key arrays into the store → every reduce.criteria mask (``mask_<name>``) and the alignment
 metrics, from one more pass of per-layer tasks when a criterion or the alignment needs it
 (reduce_criteria.py) → evolution across checkpoints → results.json (``criteria``, ``alignment``).
@@ -80,14 +80,15 @@ def checkpoint_results(cfg: RunConfig, res: dict, languages: list[str]) -> tuple
 
 def checkpoint_summaries(cfg: RunConfig, path: str, plan, checkpoint: str, L: int, where: str) -> dict:
     """Two passes of one task per layer (reduce.py): squared norms, then the layer summaries, added
-    up as they finish. Nothing of size (K·S)² exists; nothing outlives the checkpoint."""
+    up in layer order (so a re-run's sums are bit-identical). Nothing of size (K·S)² exists;
+    nothing outlives the checkpoint."""
     from lingua_ray.reduce import CheckpointSums, layer_sq_norms, layer_summary
     from lingua_ray.summaries import Norms
 
     stat = getattr(cfg.reduce.statistic, "value", cfg.reduce.statistic)
     plan_ref = schedule.put(plan)
     qs: list = [None] * L
-    for layer, q in schedule.map_tasks_as_completed(
+    for layer, q in schedule.map_tasks_in_order(
             layer_sq_norms, [(path, checkpoint, layer, plan_ref, stat) for layer in range(L)], cfg.cluster):
         qs[layer] = q
     norms = Norms.from_layers(qs)
@@ -96,7 +97,7 @@ def checkpoint_summaries(cfg: RunConfig, path: str, plan, checkpoint: str, L: in
     norms_ref = schedule.put(norms)
     calls = [(path, checkpoint, layer, plan_ref, norms_ref, stat) for layer in range(L)]
     progress = schedule.Progress(L, f"reduce {where}", every=10.0)
-    for _, summary in schedule.map_tasks_as_completed(layer_summary, calls, cfg.cluster):
+    for _, summary in schedule.map_tasks_in_order(layer_summary, calls, cfg.cluster):
         sums.add(summary)
         del summary
         progress.update(1)
